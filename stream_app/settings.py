@@ -1,0 +1,80 @@
+"""All configuration of stream_app in one typed object, read from `STREAM_APP_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_model_cache() -> Path:
+    """Where exported model folders live between runs (outside any clone, so CI reuses them)."""
+    return Path.home() / ".cache" / "stream_app" / "models"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; `STREAM_APP_<FIELD>` overrides each one (e.g. STREAM_APP_KAFKA_BOOTSTRAP)."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAM_APP_", extra="ignore", frozen=True)
+
+    # --- Kafka / Faust -----------------------------------------------------------------------
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    app_id: str = "stream_app"
+    items_topic: str = "items"
+    behaviour_topic: str = "behaviour"
+    recommendations_topic: str = "recommendations"
+    dlq_topic: str = "behaviour-dlq"
+    items_dlq_topic: str = "items-dlq"
+    topic_partitions: int = Field(4, ge=1, description="Partitions of the input topics and tables: the unit of scale-out.")
+    table_store: str = Field("rocksdb://", description="Faust table store: rocksdb:// (durable) or memory:// (tests).")
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    batch_size: int = Field(64, ge=1, description="Events taken per batch by the agents (stream.take).")
+    batch_timeout_s: float = Field(0.02, gt=0, description="Longest wait to fill a batch before processing it.")
+
+    # --- Local state ---------------------------------------------------------------------------
+    data_dir: Path = Path("./data")
+
+    # --- Vector store ----------------------------------------------------------------------
+    qdrant_url: str = Field("", description="Qdrant server URL; empty means the embedded store under data_dir.")
+    qdrant_api_key: str | None = None
+    qdrant_collection: str = "items"
+    item_cache_size: int = Field(20_000, ge=0, description="Item vectors kept in memory to avoid a store round trip.")
+
+    # --- Encoder -----------------------------------------------------------------------------
+    model_name: str = Field("multilingual-e5-small", description="Model folder name: multilingual-e5-small or all-MiniLM-L6-v2.")
+    model_dir: Path | None = Field(None, description="An exported model folder; overrides model_name + model_cache.")
+    model_cache: Path = Field(default_factory=default_model_cache)
+    encoder_int8: bool = Field(True, description="Use the int8 graph (faster on CPU) instead of fp32.")
+    encoder_provider: str = Field("auto", description="auto (CUDA when available), cuda or cpu.")
+    encoder_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime decide.")
+    encoder_batch_size: int = Field(64, ge=1)
+
+    # --- Interest model (dynamic attention) ---------------------------------------------------
+    temperature: float = Field(0.1, gt=0, description="Softmax temperature tau of the attention scores.")
+    decay_per_hour: float = Field(0.01, ge=0, description="lambda: log-weight lost per hour of age.")
+    max_slots: int = Field(3, ge=1, description="Interest vectors per user.")
+    slot_threshold: float = Field(0.35, description="Cosine below which an event opens a new interest slot.")
+    weight_view: float = 1.0
+    weight_click: float = 1.5
+    weight_search: float = 1.5
+    weight_review: float = 2.0
+    weight_cart: float = 3.0
+    weight_purchase: float = 5.0
+    weight_dislike: float = 2.0
+    recent_items: int = Field(100, ge=1, description="Recent item ids kept per user (filtering and explanations).")
+
+    # --- Recommendation ------------------------------------------------------------------------
+    top_k: int = Field(10, ge=1)
+
+    def resolved_model_dir(self) -> Path:
+        """The model folder the encoder loads: model_dir if set, else model_cache/model_name."""
+        return self.model_dir if self.model_dir is not None else self.model_cache / self.model_name
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
