@@ -1,0 +1,1 @@
+"""Model preparation: fetch checkpoints (sources), build ONNX graphs (bert_onnx) and export encoder folders (export)."""
