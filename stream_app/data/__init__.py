@@ -1,0 +1,1 @@
+"""Bundled sample data (catalogue and scripted demo behaviour) read through stream_app.sample_data."""
