@@ -1,0 +1,401 @@
+"""Item catalogue in Qdrant behind one async API: an embedded qdrant-edge shard or a Qdrant server.
+
+Item ids are strings; Qdrant point ids are uuid5(ITEM_NAMESPACE, item_id) and the item id is kept
+in the payload under ITEM_ID_KEY. Vectors are unit-norm and compared by cosine.
+
+The embedded engine (qdrant-edge-py) holds the GIL for the whole of every call (measured: a
+heartbeat thread got 1 tick during a 3 s optimize()), so a thread executor would still freeze the
+event loop. It therefore runs in one dedicated worker process: every call is serialised there and
+the event loop only waits on a future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import uuid
+from collections.abc import Collection, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from stream_app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ITEM_NAMESPACE = uuid.UUID("5b0f7c0e-2f1d-5c8e-9a3b-6d4e1f2a7c90")
+ITEM_ID_KEY = "item_id"
+UPSERT_CHUNK = 512
+SEARCH_CHUNK = 64
+# Un-indexed points tolerated before the embedded shard builds its HNSW index (see optimize notes).
+OPTIMIZE_EVERY = 20_000
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """One catalogue item: its id, unit-norm embedding and free-form payload."""
+
+    item_id: str
+    vector: np.ndarray
+    payload: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: item id, cosine score and stored payload (which includes ITEM_ID_KEY)."""
+
+    item_id: str
+    score: float
+    payload: dict
+
+
+@runtime_checkable
+class ItemStore(Protocol):
+    """The async catalogue API the agents use; implementations never block the event loop."""
+
+    async def ensure_collection(self, dim: int) -> None: ...
+
+    async def upsert(self, records: Sequence[ItemRecord]) -> None: ...
+
+    async def delete(self, item_ids: Sequence[str]) -> None: ...
+
+    async def get_vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]: ...
+
+    async def search(
+        self, vectors: np.ndarray, limit: int, exclude_ids: Collection[str] = ()
+    ) -> list[list[Hit]]: ...
+
+    async def count(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+def point_id(item_id: str) -> uuid.UUID:
+    """The Qdrant point id of an item id (Qdrant accepts only uints and UUIDs)."""
+    return uuid.uuid5(ITEM_NAMESPACE, item_id)
+
+
+def as_rows(vectors: np.ndarray) -> np.ndarray:
+    """Query vectors as a float32 (n, dim) array; a single 1-D vector becomes one row."""
+    arr = np.asarray(vectors, dtype=np.float32)
+    return arr.reshape(1, -1) if arr.ndim == 1 else arr
+
+
+def stored_payload(record: ItemRecord) -> dict:
+    """The payload written to Qdrant: the record's payload plus its item id."""
+    return {**record.payload, ITEM_ID_KEY: record.item_id}
+
+
+def open_item_store(settings: Settings) -> ItemStore:
+    """A server store when settings.qdrant_url is set, else the embedded store under data_dir."""
+    if settings.qdrant_url:
+        return open_server_store(settings.qdrant_url, settings.qdrant_api_key, settings.qdrant_collection)
+    return EmbeddedItemStore(Path(settings.data_dir) / "qdrant-edge" / settings.qdrant_collection)
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedded store: qdrant-edge in a dedicated worker process.
+# ---------------------------------------------------------------------------------------------
+
+# Worker-process state: the one open shard and its optimize bookkeeping.
+_W: dict[str, Any] = {}
+
+
+def _w_ensure(path: str, dim: int) -> None:
+    """Worker: load the shard at path (checking dim) or create it."""
+    import qdrant_edge as qe
+
+    if _W.get("shard") is not None:
+        if _W["dim"] != dim:
+            raise ValueError(f"item store at {path} holds dim {_W['dim']}, asked for {dim}")
+        return
+    config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine))
+    root = Path(path)
+    if (root / "edge_config.json").exists():
+        try:
+            shard = qe.EdgeShard.load(path, config)
+        except Exception as exc:  # the engine raises a bare Exception with the reason
+            raise ValueError(f"cannot open item store at {path} with dim {dim}: {exc}") from exc
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        shard = qe.EdgeShard.create(path, config)
+    info = shard.info()
+    _W.update(shard=shard, dim=dim, unindexed_at_optimize=info.points_count - info.indexed_vectors_count)
+
+
+def _w_shard() -> Any:
+    """Worker: the open shard, or a clear error when ensure_collection was not called."""
+    shard = _W.get("shard")
+    if shard is None:
+        raise RuntimeError("item store not opened: call ensure_collection(dim) first")
+    return shard
+
+
+def _w_upsert(item_ids: list[str], vectors: np.ndarray, payloads: list[dict], optimize_every: int) -> bool:
+    """Worker: upsert points in chunks, then optimize when enough points are un-indexed; True if it did."""
+    import qdrant_edge as qe
+
+    shard = _w_shard()
+    rows = vectors.tolist()
+    for start in range(0, len(item_ids), UPSERT_CHUNK):
+        points = [
+            qe.Point(id=point_id(item_ids[i]), vector=rows[i], payload=payloads[i])
+            for i in range(start, min(start + UPSERT_CHUNK, len(item_ids)))
+        ]
+        shard.update(qe.UpdateOperation.upsert_points(points))
+    return _w_maybe_optimize(optimize_every)
+
+
+def _w_maybe_optimize(optimize_every: int) -> bool:
+    """Worker: run optimize() once optimize_every more points are un-indexed than after the last run."""
+    shard = _w_shard()
+    info = shard.info()
+    unindexed = info.points_count - info.indexed_vectors_count
+    if optimize_every <= 0 or unindexed - _W["unindexed_at_optimize"] < optimize_every:
+        return False
+    _w_optimize()
+    return True
+
+
+def _w_optimize() -> tuple[int, int]:
+    """Worker: build indexes and merge segments; returns (points, indexed vectors) afterwards."""
+    shard = _w_shard()
+    shard.optimize()
+    shard.flush()
+    info = shard.info()
+    # Segments under the engine's indexing threshold stay plain: count them as the new baseline.
+    _W["unindexed_at_optimize"] = info.points_count - info.indexed_vectors_count
+    return info.points_count, info.indexed_vectors_count
+
+
+def _w_delete(item_ids: list[str]) -> None:
+    """Worker: delete the points of these item ids (unknown ids are ignored)."""
+    import qdrant_edge as qe
+
+    _w_shard().update(qe.UpdateOperation.delete_points([point_id(i) for i in item_ids]))
+
+
+def _w_get_vectors(item_ids: list[str]) -> dict[str, np.ndarray]:
+    """Worker: stored vectors of the item ids that exist."""
+    records = _w_shard().retrieve([point_id(i) for i in item_ids], True, True)
+    return {r.payload[ITEM_ID_KEY]: np.asarray(r.vector, dtype=np.float32) for r in records}
+
+
+def _w_search(vectors: np.ndarray, limit: int, exclude_ids: list[str]) -> list[list[tuple[str, float, dict]]]:
+    """Worker: one batched nearest-neighbour query per row, excluding the given item ids."""
+    import qdrant_edge as qe
+
+    shard = _w_shard()
+    flt = qe.Filter(must_not=[qe.HasIdCondition({point_id(i) for i in exclude_ids})]) if exclude_ids else None
+    requests = [
+        qe.QueryRequest(limit=limit, query=qe.Query.Nearest(row), filter=flt, with_payload=True)
+        for row in vectors.tolist()
+    ]
+    batches = shard.query_batch(qe.QueryBatchRequest(requests))
+    return [[(p.payload[ITEM_ID_KEY], float(p.score), p.payload) for p in rows] for rows in batches]
+
+
+def _w_count() -> int:
+    """Worker: exact number of points."""
+    import qdrant_edge as qe
+
+    return _w_shard().count(qe.CountRequest(exact=True))
+
+
+def _w_close() -> None:
+    """Worker: flush and close the shard, releasing its WAL lock."""
+    shard = _W.pop("shard", None)
+    if shard is not None:
+        shard.flush()
+        shard.close()
+
+
+class EmbeddedItemStore:
+    """Qdrant's own engine (qdrant-edge) on local disk, driven from one dedicated worker process."""
+
+    def __init__(self, path: Path, *, optimize_every: int = OPTIMIZE_EVERY) -> None:
+        """Store under path; optimize() runs in the worker after optimize_every new un-indexed points."""
+        self.path = Path(path)
+        self.optimize_every = optimize_every
+        self._dim: int | None = None
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        """The single worker process (spawned, so no forked event-loop or Kafka state leaks into it)."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        """Run fn(*args) in the worker; if the worker died, start a new one, reopen and retry once."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor(), fn, *args)
+        except BrokenProcessPool:
+            log.warning("qdrant-edge worker died; restarting it and reopening %s", self.path)
+            self._pool = None
+            if self._dim is not None:
+                await loop.run_in_executor(self._executor(), _w_ensure, str(self.path), self._dim)
+            return await loop.run_in_executor(self._executor(), fn, *args)
+
+    async def ensure_collection(self, dim: int) -> None:
+        """Open the shard at self.path (creating it when missing); ValueError if it holds another dim."""
+        await self._call(_w_ensure, str(self.path), dim)
+        self._dim = dim
+
+    async def upsert(self, records: Sequence[ItemRecord]) -> None:
+        """Insert or replace items; may also build the HNSW index (in the worker) after large loads."""
+        if not records:
+            return
+        vectors = np.stack([np.asarray(r.vector, dtype=np.float32) for r in records])
+        optimized = await self._call(
+            _w_upsert, [r.item_id for r in records], vectors, [stored_payload(r) for r in records], self.optimize_every
+        )
+        if optimized:
+            log.info("qdrant-edge index rebuilt at %s after upserting %d items", self.path, len(records))
+
+    async def optimize(self) -> tuple[int, int]:
+        """Build the HNSW index now (e.g. after a bulk load); returns (points, indexed vectors)."""
+        return await self._call(_w_optimize)
+
+    async def delete(self, item_ids: Sequence[str]) -> None:
+        """Delete items; they are never returned by search afterwards."""
+        if item_ids:
+            await self._call(_w_delete, list(item_ids))
+
+    async def get_vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored vectors of the item ids that exist (missing ids are absent from the dict)."""
+        if not item_ids:
+            return {}
+        return await self._call(_w_get_vectors, list(item_ids))
+
+    async def search(self, vectors: np.ndarray, limit: int, exclude_ids: Collection[str] = ()) -> list[list[Hit]]:
+        """Nearest items by cosine for each query row, as one batched engine call per SEARCH_CHUNK rows."""
+        rows = as_rows(vectors)
+        if len(rows) == 0 or limit <= 0:
+            return [[] for _ in range(len(rows))]
+        exclude = list(dict.fromkeys(exclude_ids))
+        out: list[list[Hit]] = []
+        for start in range(0, len(rows), SEARCH_CHUNK):
+            raw = await self._call(_w_search, rows[start : start + SEARCH_CHUNK], limit, exclude)
+            out.extend([Hit(i, s, p) for i, s, p in hits] for hits in raw)
+        return out
+
+    async def count(self) -> int:
+        """Number of items stored."""
+        return await self._call(_w_count)
+
+    async def close(self) -> None:
+        """Flush and close the shard and stop the worker process."""
+        if self._pool is None:
+            return
+        try:
+            await self._call(_w_close)
+        finally:
+            pool, self._pool = self._pool, None
+            pool.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Server store: qdrant-client's AsyncQdrantClient.
+# ---------------------------------------------------------------------------------------------
+
+
+class QdrantServerStore:
+    """A collection on a Qdrant server through AsyncQdrantClient (network I/O, awaited)."""
+
+    def __init__(self, client: Any, collection: str) -> None:
+        """Wrap an AsyncQdrantClient (any location it supports) and a collection name."""
+        self.client = client
+        self.collection = collection
+
+    async def ensure_collection(self, dim: int) -> None:
+        """Create the collection (size=dim, cosine) when missing; ValueError if it exists with another size."""
+        from qdrant_client import models
+
+        if not await self.client.collection_exists(self.collection):
+            await self.client.create_collection(
+                self.collection, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
+            )
+            return
+        info = await self.client.get_collection(self.collection)
+        params = info.config.params.vectors
+        size = params.size if isinstance(params, models.VectorParams) else None
+        if size != dim:
+            raise ValueError(f"collection {self.collection!r} has vectors {params!r}, expected one of size {dim}")
+
+    async def upsert(self, records: Sequence[ItemRecord]) -> None:
+        """Insert or replace items, UPSERT_CHUNK points per request."""
+        from qdrant_client import models
+
+        for start in range(0, len(records), UPSERT_CHUNK):
+            chunk = records[start : start + UPSERT_CHUNK]
+            points = [
+                models.PointStruct(
+                    id=str(point_id(r.item_id)),
+                    vector=np.asarray(r.vector, dtype=np.float32).tolist(),
+                    payload=stored_payload(r),
+                )
+                for r in chunk
+            ]
+            await self.client.upsert(self.collection, points=points, wait=True)
+
+    async def delete(self, item_ids: Sequence[str]) -> None:
+        """Delete items by id."""
+        from qdrant_client import models
+
+        if item_ids:
+            selector = models.PointIdsList(points=[str(point_id(i)) for i in item_ids])
+            await self.client.delete(self.collection, points_selector=selector, wait=True)
+
+    async def get_vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored vectors of the item ids that exist."""
+        if not item_ids:
+            return {}
+        records = await self.client.retrieve(
+            self.collection, ids=[str(point_id(i)) for i in item_ids], with_payload=True, with_vectors=True
+        )
+        return {r.payload[ITEM_ID_KEY]: np.asarray(r.vector, dtype=np.float32) for r in records}
+
+    async def search(self, vectors: np.ndarray, limit: int, exclude_ids: Collection[str] = ()) -> list[list[Hit]]:
+        """Nearest items by cosine per row, via query_batch_points (SEARCH_CHUNK queries per request)."""
+        from qdrant_client import models
+
+        rows = as_rows(vectors)
+        if len(rows) == 0 or limit <= 0:
+            return [[] for _ in range(len(rows))]
+        exclude = [str(point_id(i)) for i in dict.fromkeys(exclude_ids)]
+        flt = models.Filter(must_not=[models.HasIdCondition(has_id=exclude)]) if exclude else None
+        out: list[list[Hit]] = []
+        for start in range(0, len(rows), SEARCH_CHUNK):
+            requests = [
+                models.QueryRequest(query=row, limit=limit, filter=flt, with_payload=True)
+                for row in rows[start : start + SEARCH_CHUNK].tolist()
+            ]
+            responses = await self.client.query_batch_points(self.collection, requests=requests)
+            out.extend(
+                [Hit(p.payload[ITEM_ID_KEY], float(p.score), dict(p.payload)) for p in resp.points]
+                for resp in responses
+            )
+        return out
+
+    async def count(self) -> int:
+        """Exact number of items."""
+        return (await self.client.count(self.collection, exact=True)).count
+
+    async def close(self) -> None:
+        """Close the client's connections."""
+        await self.client.close()
+
+
+def open_server_store(url: str, api_key: str | None, collection: str) -> QdrantServerStore:
+    """A QdrantServerStore talking to the server at url (no I/O here: the client connects on first call)."""
+    from qdrant_client import AsyncQdrantClient
+
+    # check_compatibility would make a blocking HTTP request inside the constructor.
+    return QdrantServerStore(AsyncQdrantClient(url=url, api_key=api_key, check_compatibility=False), collection)
