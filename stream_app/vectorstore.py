@@ -186,6 +186,12 @@ def _w_get_vectors(item_ids: list[str]) -> dict[str, np.ndarray]:
     return {r.payload[ITEM_ID_KEY]: np.asarray(r.vector, dtype=np.float32) for r in records}
 
 
+def _w_get_payloads(item_ids: list[str]) -> dict[str, dict]:
+    """Worker: stored payloads of the item ids that exist."""
+    records = _w_shard().retrieve([point_id(i) for i in item_ids], True, False)
+    return {r.payload[ITEM_ID_KEY]: r.payload for r in records}
+
+
 def _w_search(vectors: np.ndarray, limit: int, exclude_ids: list[str]) -> list[list[tuple[str, float, dict]]]:
     """Worker: one batched nearest-neighbour query per row, excluding the given item ids."""
     import qdrant_edge as qe
@@ -274,6 +280,12 @@ class EmbeddedItemStore:
             return {}
         return await self._call(_w_get_vectors, list(item_ids))
 
+    async def get_payloads(self, item_ids: Sequence[str]) -> dict[str, dict]:
+        """Stored payloads (with ITEM_ID_KEY) of the item ids that exist."""
+        if not item_ids:
+            return {}
+        return await self._call(_w_get_payloads, list(item_ids))
+
     async def search(self, vectors: np.ndarray, limit: int, exclude_ids: Collection[str] = ()) -> list[list[Hit]]:
         """Nearest items by cosine for each query row, as one batched engine call per SEARCH_CHUNK rows."""
         rows = as_rows(vectors)
@@ -361,6 +373,15 @@ class QdrantServerStore:
             self.collection, ids=[str(point_id(i)) for i in item_ids], with_payload=True, with_vectors=True
         )
         return {r.payload[ITEM_ID_KEY]: np.asarray(r.vector, dtype=np.float32) for r in records}
+
+    async def get_payloads(self, item_ids: Sequence[str]) -> dict[str, dict]:
+        """Stored payloads (with ITEM_ID_KEY) of the item ids that exist."""
+        if not item_ids:
+            return {}
+        records = await self.client.retrieve(
+            self.collection, ids=[str(point_id(i)) for i in item_ids], with_payload=True, with_vectors=False
+        )
+        return {r.payload[ITEM_ID_KEY]: dict(r.payload) for r in records}
 
     async def search(self, vectors: np.ndarray, limit: int, exclude_ids: Collection[str] = ()) -> list[list[Hit]]:
         """Nearest items by cosine per row, via query_batch_points (SEARCH_CHUNK queries per request)."""

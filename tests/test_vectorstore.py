@@ -147,6 +147,14 @@ async def test_get_vectors_round_trip(store):
 
 
 @pytest.mark.asyncio
+async def test_get_payloads_returns_stored_payloads(store):
+    await store.upsert(records(unit_rows(5)))
+    got = await store.get_payloads(["sku-2", "missing"])
+    assert got == {"sku-2": {"title": "item 2", "rank": 2, ITEM_ID_KEY: "sku-2"}}
+    assert await store.get_payloads([]) == {}
+
+
+@pytest.mark.asyncio
 async def test_upsert_of_existing_id_replaces_it(store):
     cat = unit_rows(10)
     await store.upsert(records(cat))
