@@ -177,12 +177,12 @@ def choose_slot(cosines: np.ndarray, net_log_mass: np.ndarray, dislike: bool, pa
 def _push_recent(recent: tuple[str, ...], item_id: str | None, cap: int) -> tuple[str, ...]:
     """Recent ids with item_id moved/added at the end, at most cap long (a re-seen id is kept once)."""
     if item_id is None:
-        return recent[len(recent) - cap :] if len(recent) > cap else recent
+        return recent[len(recent) - cap :] if len(recent) > cap else recent  # only trims when cap shrank
     if not isinstance(item_id, str) or not item_id or len(item_id.encode("utf-8")) > 0xFFFF:
         raise ValueError(f"item_id must be None or a non-empty str under 64 KiB, got {item_id!r}")
     items = [r for r in recent if r != item_id]
     items.append(item_id)
-    return tuple(items[len(items) - cap :]) if cap else ()
+    return tuple(items[max(0, len(items) - cap) :])
 
 
 def apply_event(
@@ -410,26 +410,28 @@ def _decode(buf: memoryview) -> UserState:
     fixed = 3 * 8 * k + 4 * k * dim
     if len(buf) < pos + fixed + 2 * n_recent:
         raise ValueError("not an encoded user state: truncated")
-    log_offset = np.frombuffer(buf, "<f8", k, pos).astype(np.float64)
-    pos_mass = np.frombuffer(buf, "<f8", k, pos + 8 * k).astype(np.float64)
-    neg_mass = np.frombuffer(buf, "<f8", k, pos + 16 * k).astype(np.float64)
+    scalars = np.frombuffer(buf, "<f8", 3 * k, pos).astype(np.float64).reshape(3, k)
+    log_offset, pos_mass, neg_mass = scalars[0].copy(), scalars[1].copy(), scalars[2].copy()
     vectors = np.frombuffer(buf, "<f4", k * dim, pos + 24 * k).astype(np.float32).reshape(k, dim)
     pos += fixed
     if np.isnan(log_offset).any() or (log_offset == np.inf).any():
         raise ValueError("not an encoded user state: bad log offsets")
-    for arr in (pos_mass, neg_mass):
-        if not (np.isfinite(arr).all() and (arr >= 0).all()):
-            raise ValueError("not an encoded user state: bad masses")
+    masses = scalars[1:]
+    if not (np.isfinite(masses).all() and (masses >= 0).all()):
+        raise ValueError("not an encoded user state: bad masses")
     if not np.isfinite(vectors).all():
         raise ValueError("not an encoded user state: non-finite vectors")
+    raw, end = buf.obj, len(buf)  # the bytes object: indexing and slicing it is faster than a memoryview
     recent = []
     for _ in range(n_recent):
-        (n,) = _LEN.unpack_from(buf, pos)
-        pos += _LEN.size
-        if n == 0 or pos + n > len(buf):
+        if pos + 2 > end:
+            raise ValueError("not an encoded user state: truncated item ids")
+        n = raw[pos] | (raw[pos + 1] << 8)
+        pos += 2
+        if n == 0 or pos + n > end:
             raise ValueError("not an encoded user state: bad item id")
-        recent.append(bytes(buf[pos : pos + n]).decode("utf-8"))
+        recent.append(raw[pos : pos + n].decode("utf-8"))
         pos += n
-    if pos != len(buf):
+    if pos != end:
         raise ValueError("not an encoded user state: trailing bytes")
     return UserState(dim, last_ts, n_events, log_offset, pos_mass, neg_mass, vectors, tuple(recent))
