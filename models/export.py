@@ -126,7 +126,10 @@ def _export_lock(out_dir: Path) -> Iterator[None]:
 
 def export(name_or_checkpoint: str | Path, out_dir: Path, *, name: str | None = None, fuse: bool = True) -> Path:
     """Export a known model name (fetched/built into the cache) or an HF checkpoint folder into out_dir, atomically."""
-    if isinstance(name_or_checkpoint, str) and name_or_checkpoint in sources.PREPARERS:
+    known = isinstance(name_or_checkpoint, str) and (
+        name_or_checkpoint in sources.PREPARERS or sources.prepared_checkpoint(name_or_checkpoint) is not None
+    )
+    if known:
         name = name or name_or_checkpoint
         checkpoint = sources.ensure_checkpoint(name_or_checkpoint)
     else:

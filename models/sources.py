@@ -146,12 +146,12 @@ def prepared_checkpoint(name: str) -> Path | None:
 
 
 def ensure_checkpoint(name: str) -> Path:
-    """A complete, stamped HF checkpoint folder for a known model name, fetching/building it when missing."""
-    if name not in PREPARERS:
-        raise KeyError(f"unknown model {name!r}; known: {sorted(PREPARERS)} (or export --checkpoint DIR --name NAME)")
+    """The stamped HF checkpoint folder of a model name: the cached one, else fetched/built for a known name."""
     ready = prepared_checkpoint(name)
     if ready is not None:
         return ready
+    if name not in PREPARERS:
+        raise KeyError(f"unknown model {name!r}; known: {sorted(PREPARERS)} (or export --checkpoint DIR --name NAME)")
     path = PREPARERS[name](checkpoint_dir(name))
     log.info("prepared checkpoint %s at %s", name, path)
     return path

@@ -66,7 +66,10 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     """The texts as a list, or TypeError naming the first non-str item (a bare str is rejected too)."""
     if isinstance(texts, (str, bytes)):
         raise TypeError("encode() takes a sequence of str, not a single str/bytes; wrap it in a list")
-    items = list(texts)
+    try:
+        items = list(texts)
+    except TypeError:
+        raise TypeError(f"encode() takes a sequence of str, not {type(texts).__name__}") from None
     for i, text in enumerate(items):
         if not isinstance(text, str):
             raise TypeError(f"encode() needs str items; item {i} is {type(text).__name__}: {text!r:.60}")
