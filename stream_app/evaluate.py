@@ -104,7 +104,7 @@ def rank_metrics(scores: np.ndarray, targets: np.ndarray, excluded: np.ndarray) 
 
     scores (q, n) float, targets (q,) item index, excluded (q, n) bool (the target is a miss if excluded).
     """
-    scores = np.where(excluded, -np.inf, np.nan_to_num(np.asarray(scores, np.float64), nan=-np.inf))
+    scores = np.where(excluded, -np.inf, np.nan_to_num(np.asarray(scores, np.float64), nan=-np.inf, posinf=np.inf, neginf=-np.inf))
     rows = np.arange(scores.shape[0])
     t = scores[rows, targets]
     greater = (scores > t[:, None]).sum(axis=1)
@@ -521,82 +521,103 @@ def blend_metrics(rec: Recorded, cparams: CollabParams) -> dict[str, float]:
 
 
 def tune(data: Interactions, emb: np.ndarray, settings: Settings, out=sys.stdout) -> tuple[InterestParams, CollabParams]:
-    """Coordinate search on validation targets (both modes, objective = mean NDCG@10); prints grids and choices."""
+    """Coordinate search on validation targets only; prints every grid and the chosen values.
+
+    The interest model is tuned on its own text ranking (standard mode only: a user's own events before a target
+    are the same in both modes, so its validation lists are identical); the collab counters and the blend on the
+    blend's mean validation NDCG@10 over both modes.
+    """
     ip = InterestParams.from_settings(settings)
     cp = CollabParams.from_settings(settings)
+    text_only = replace(cp, text_weight=1.0, cooc_weight=0.0, pop_weight=0.0)
 
-    def objective(ip_: InterestParams, cp_: CollabParams) -> tuple[float, dict[str, dict[str, float]]]:
-        per = {mode: blend_metrics(record(data, emb, mode, ip_, cp_), cp_) for mode in ("standard", "streaming")}
-        return float(np.mean([v["ndcg@10"] for v in per.values()])), per
+    def table(title: str, header: str) -> None:
+        print(f"\n### {title}\n\n| setting | {header} |\n|---|---|---|---|---|", file=out)
 
-    def stage(title: str, candidates: list[tuple[InterestParams, CollabParams]], label: Callable) -> None:
-        nonlocal ip, cp
-        print(f"\n### {title}\n\n| setting | std NDCG@10 | std HR@10 | stream NDCG@10 | stream HR@10 |\n|---|---|---|---|---|", file=out)
+    def both(ip_: InterestParams, cp_: CollabParams) -> dict[str, dict[str, float]]:
+        return {mode: blend_metrics(record(data, emb, mode, ip_, cp_), cp_) for mode in ("standard", "streaming")}
+
+    def interest_stage(title: str, candidates: list[InterestParams], label: Callable[[InterestParams], str]) -> None:
+        nonlocal ip
+        table(title + " (text ranking alone, validation)", "NDCG@10 | HR@10 | HR@50 | -")
         best = None
-        for ip_, cp_ in candidates:
-            score, per = objective(ip_, cp_)
-            print(f"| {label(ip_, cp_)} | {per['standard']['ndcg@10']:.4f} | {per['standard']['hr@10']:.4f} | "
+        for ip_ in candidates:
+            m = blend_metrics(record(data, emb, "standard", ip_, text_only), text_only)
+            print(f"| {label(ip_)} | {m['ndcg@10']:.4f} | {m['hr@10']:.4f} | {m['hr@50']:.4f} | |", file=out, flush=True)
+            if best is None or m["ndcg@10"] > best[0]:
+                best = (m["ndcg@10"], ip_)
+        assert best is not None
+        ip = best[1]
+        print(f"\nchosen: {label(ip)}", file=out, flush=True)
+
+    def collab_stage(title: str, candidates: list[CollabParams], label: Callable[[CollabParams], str]) -> None:
+        nonlocal cp
+        table(title + " (blend, validation)", "std NDCG@10 | std HR@10 | stream NDCG@10 | stream HR@10")
+        best = None
+        for cp_ in candidates:
+            per = both(ip, cp_)
+            score = float(np.mean([v["ndcg@10"] for v in per.values()]))
+            print(f"| {label(cp_)} | {per['standard']['ndcg@10']:.4f} | {per['standard']['hr@10']:.4f} | "
                   f"{per['streaming']['ndcg@10']:.4f} | {per['streaming']['hr@10']:.4f} |", file=out, flush=True)
             if best is None or score > best[0]:
-                best = (score, ip_, cp_)
+                best = (score, cp_)
         assert best is not None
-        _, ip, cp = best
-        print(f"\nchosen: {label(ip, cp)}", file=out, flush=True)
+        cp = best[1]
+        print(f"\nchosen: {label(cp)}", file=out, flush=True)
 
     def blend_stage(title: str, grid: dict[str, list[float]]) -> None:
         nonlocal cp
         recs = {mode: record(data, emb, mode, ip, cp) for mode in ("standard", "streaming")}
-        best = None
         rows = []
         for values in itertools.product(*grid.values()):
             cp_ = replace(cp, **dict(zip(grid, values)))
             per = {mode: blend_metrics(r, cp_) for mode, r in recs.items()}
-            score = float(np.mean([v["ndcg@10"] for v in per.values()]))
-            rows.append((score, values, per))
-            if best is None or score > best[0]:
-                best = (score, cp_)
+            rows.append((float(np.mean([v["ndcg@10"] for v in per.values()])), values, per, cp_))
         rows.sort(key=lambda r: -r[0])
-        print(f"\n### {title} ({len(rows)} settings, top 5)\n\n| {' | '.join(grid)} | std NDCG@10 | stream NDCG@10 |\n|{'---|' * (len(grid) + 2)}", file=out)
-        for score, values, per in rows[:5]:
-            print(f"| {' | '.join(str(v) for v in values)} | {per['standard']['ndcg@10']:.4f} | {per['streaming']['ndcg@10']:.4f} |", file=out)
-        assert best is not None
-        cp = best[1]
+        print(f"\n### {title} ({len(rows)} settings, top 8, validation)\n\n"
+              f"| {' | '.join(grid)} | std NDCG@10 | std HR@10 | stream NDCG@10 | stream HR@10 |\n|{'---|' * (len(grid) + 4)}", file=out)
+        for _, values, per, _ in rows[:8]:
+            print(f"| {' | '.join(str(v) for v in values)} | {per['standard']['ndcg@10']:.4f} | {per['standard']['hr@10']:.4f} | "
+                  f"{per['streaming']['ndcg@10']:.4f} | {per['streaming']['hr@10']:.4f} |", file=out)
+        cp = rows[0][3]
         print(f"\nchosen: {dict(zip(grid, (getattr(cp, g) for g in grid)))}", file=out, flush=True)
 
+    interest_stage("interest model", [replace(ip, temperature=t, decay_per_hour=d, max_slots=k, slot_threshold=th)
+                                      for t, d, k, th in TUNE_GRID["interest"]],
+                   lambda i: f"temperature={i.temperature} decay_per_hour={i.decay_per_hour} max_slots={i.max_slots} "
+                             f"slot_threshold={i.slot_threshold}")
+    interest_stage("event weights (rating 1-2 view, 3 click, 4 cart, 5 purchase)",
+                   [replace(ip, type_weights=w) for w in TUNE_GRID["weights"]],
+                   lambda i: ",".join(f"{k}:{v:g}" for k, v in i.type_weights.items() if k in ("view", "click", "cart", "purchase")))
+    collab_stage("co-occurrence window / query items / recency",
+                 [replace(cp, window=w, query_items=q, recency=r) for w, q, r in TUNE_GRID["cooc"]],
+                 lambda c: f"window={c.window} query_items={c.query_items} recency={c.recency}")
+    collab_stage("neighbour popularity exponent", [replace(cp, neighbour_pop_exponent=b) for b in TUNE_GRID["beta"]],
+                 lambda c: f"neighbour_pop_exponent={c.neighbour_pop_exponent}")
+    collab_stage("decay half-lives (hours; 0 = none)",
+                 [replace(cp, cooc_half_life_hours=a, pop_half_life_hours=b) for a, b in TUNE_GRID["half_life"]],
+                 lambda c: f"cooc={c.cooc_half_life_hours} pop={c.pop_half_life_hours}")
     blend_stage("blend weights", TUNE_GRID["blend"])
-    stage("co-occurrence window / recency", [(ip, replace(cp, window=w, query_items=qi, recency=r))
-                                              for w, qi, r in TUNE_GRID["cooc"]],
-          lambda i, c: f"window={c.window} query_items={c.query_items} recency={c.recency}")
-    stage("neighbour popularity exponent", [(ip, replace(cp, neighbour_pop_exponent=b)) for b in TUNE_GRID["beta"]],
-          lambda i, c: f"neighbour_pop_exponent={c.neighbour_pop_exponent}")
-    stage("decay (half-lives, hours)", [(ip, replace(cp, cooc_half_life_hours=a, pop_half_life_hours=b))
-                                        for a, b in TUNE_GRID["half_life"]],
-          lambda i, c: f"cooc={c.cooc_half_life_hours} pop={c.pop_half_life_hours}")
-    stage("interest model", [(replace(ip, temperature=t, decay_per_hour=d, max_slots=s, slot_threshold=th), cp)
-                             for t, d, s, th in TUNE_GRID["interest"]],
-          lambda i, c: f"temperature={i.temperature} decay_per_hour={i.decay_per_hour} max_slots={i.max_slots} slot_threshold={i.slot_threshold}")
-    stage("event weights", [(replace(ip, type_weights=w), cp) for w in TUNE_GRID["weights"]],
-          lambda i, c: "weights=" + ",".join(f"{k}:{v:g}" for k, v in i.type_weights.items()))
-    blend_stage("blend weights (final)", TUNE_GRID["blend"])
     return ip, cp
 
 
+# text_weight stays > 0 by design: without it a catalogue or user with no co-occurrence yet would get no ranking.
 TUNE_GRID: dict[str, list] = {
-    "blend": {
-        "text_weight": [0.0, 0.1, 0.2, 0.4, 0.8],
-        "cooc_weight": [1.0],
-        "pop_weight": [0.0, 0.1, 0.2, 0.4, 0.8],
-        "text_temperature": [0.02, 0.05, 0.1],
-    },
-    "cooc": [(w, qi, r) for w in (5, 10, 20, 50) for qi, r in ((10, 0.8), (20, 0.9), (50, 0.95))],
-    "beta": [0.0, 0.25, 0.5, 0.75],
-    "half_life": [(0.0, 0.0), (0.0, 24.0), (0.0, 168.0), (720.0, 168.0), (2160.0, 0.0)],
-    "interest": [(t, d, s, th) for t in (0.05, 0.1) for d in (0.0, 0.01) for s, th in ((1, 0.35), (3, 0.8), (3, 0.85))],
+    "interest": [(t, d, k, th) for t in (0.05, 0.1, 0.2) for d in (0.0, 0.01)
+                 for k, th in ((1, 0.35), (3, 0.85), (3, 0.9))],
     "weights": [
         {t: 1.0 for t in POSITIVE_TYPES},
         {"view": 1.0, "click": 1.5, "search": 1.5, "review": 2.0, "cart": 3.0, "purchase": 5.0},
         {"view": 1.0, "click": 1.2, "search": 1.5, "review": 2.0, "cart": 1.5, "purchase": 2.0},
     ],
+    "cooc": [(10, 10, 0.8), (20, 20, 0.9), (20, 10, 0.7), (50, 20, 0.9), (50, 50, 0.95)],
+    "beta": [0.25, 0.5, 0.75],
+    "half_life": [(0.0, 0.0), (0.0, 168.0), (720.0, 0.0), (720.0, 168.0)],
+    "blend": {
+        "text_weight": [0.005, 0.01, 0.02, 0.05, 0.1],
+        "pop_weight": [0.0, 0.02, 0.05, 0.1],
+        "text_temperature": [0.01, 0.02, 0.05],
+    },
 }
 
 

@@ -1,0 +1,170 @@
+"""Replay evaluator: leave-one-out split, metrics, no future data in streaming mode, end-to-end CLI run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream_app import evaluate as ev
+from stream_app.datasets import Interactions, read_atomic
+from stream_app.settings import Settings
+
+TINY = Path(__file__).resolve().parent / "fixtures" / "tiny"
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Interactions:
+    return read_atomic(TINY)
+
+
+def unit_rows(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    """Synthetic item vectors (seeded random unit rows) for protocol tests that do not need a text model."""
+    v = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def make_data(events: list[tuple[str, str, float]], n_items: int) -> Interactions:
+    """Interactions from (user, item, ts) in file order over items i0..i{n-1}, ordered like read_atomic."""
+    item_ids = tuple(f"i{k}" for k in range(n_items))
+    user_ids = tuple(dict.fromkeys(u for u, _, _ in events))
+    users = np.array([user_ids.index(u) for u, _, _ in events], np.int32)
+    items = np.array([item_ids.index(i) for _, i, _ in events], np.int32)
+    ts = np.array([t for _, _, t in events], np.float64)
+    order = np.argsort(ts, kind="stable")
+    return Interactions("synthetic", item_ids, tuple(f"film {i}" for i in item_ids), user_ids,
+                        users[order], items[order], ts[order])
+
+
+# ---- split ---------------------------------------------------------------------------------------------------
+
+
+def test_leave_one_out_on_fixture(tiny: Interactions) -> None:
+    t = ev.leave_one_out(tiny)
+    got = {
+        tiny.user_ids[u]: (tiny.item_ids[tiny.items[v]], tiny.item_ids[tiny.items[s]])
+        for u, v, s in zip(t.users, t.valid_pos, t.test_pos)
+    }
+    # u4 has 2 interactions: not evaluated; u5's three events share one timestamp: file order decides
+    assert got == {"u1": ("i2", "i4"), "u2": ("i3", "i6"), "u3": ("i5", "i7"), "u5": ("i8", "i1")}
+
+
+def test_queries_and_applied_events(tiny: Interactions) -> None:
+    t = ev.leave_one_out(tiny)
+    qs, applied = ev.queries_for(tiny, t, "test", "standard")
+    assert all(q.pos == len(tiny.items) for q in qs)  # standard: everything replayed first
+    assert not applied[t.test_pos].any() and applied[t.valid_pos].all()
+    assert applied.sum() == len(tiny.items) - len(t.users)
+    qs, applied = ev.queries_for(tiny, t, "valid", "standard")
+    assert not applied[t.valid_pos].any() and not applied[t.test_pos].any()
+    qs, applied = ev.queries_for(tiny, t, "test", "streaming")
+    assert applied.all() and sorted(q.pos for q in qs) == sorted(t.test_pos.tolist())
+    assert [q.pos for q in qs] == sorted(q.pos for q in qs)
+
+
+def test_event_types_follow_ratings(tiny: Interactions) -> None:
+    types = ev.event_types(tiny)
+    assert len(types) == len(tiny.items)
+    u1 = [ty for ty, u in zip(types, tiny.users) if tiny.user_ids[u] == "u1"]
+    assert u1 == ["purchase", "cart", "purchase", "purchase"]
+
+
+# ---- metrics -------------------------------------------------------------------------------------------------
+
+
+def test_metrics_hand_computed() -> None:
+    scores = np.array([[0.9, 0.5, 0.7, 0.1]])
+    none = np.zeros((1, 4), bool)
+    m = ev.rank_metrics(scores, np.array([2]), none)  # one item above: rank 1 (0-based)
+    assert m["hr@10"][0] == 1.0 and m["hr@50"][0] == 1.0
+    assert m["ndcg@10"][0] == pytest.approx(1 / math.log2(3))
+    first_excluded = np.array([[True, False, False, False]])
+    m = ev.rank_metrics(scores, np.array([2]), first_excluded)  # consumed item removed: rank 0
+    assert m["ndcg@10"][0] == pytest.approx(1.0)
+    target_excluded = np.array([[False, False, True, False]])
+    assert ev.rank_metrics(scores, np.array([2]), target_excluded)["hr@50"][0] == 0.0
+
+
+def test_metrics_ties_and_cutoffs() -> None:
+    # 9 items above the target, the target tied with one other: rank 9 or 10 with probability 1/2 each
+    scores = np.array([[2.0] * 9 + [1.0, 1.0] + [0.0] * 60])
+    m = ev.rank_metrics(scores, np.array([9]), np.zeros_like(scores, bool))
+    assert m["hr@10"][0] == pytest.approx(0.5)
+    assert m["ndcg@10"][0] == pytest.approx(0.5 / math.log2(11))
+    assert m["hr@50"][0] == 1.0
+    # rank 55: a miss at 50
+    scores = np.array([[3.0] * 55 + [1.0] + [0.0] * 5])
+    m = ev.rank_metrics(scores, np.array([55]), np.zeros_like(scores, bool))
+    assert m["hr@50"][0] == 0.0 and m["hr@10"][0] == 0.0
+    # a -inf score (not in a truncated list) is a miss even when everything else is -inf too
+    m = ev.rank_metrics(np.full((1, 5), -np.inf), np.array([0]), np.zeros((1, 5), bool))
+    assert m["hr@50"][0] == 0.0
+
+
+# ---- no future data in streaming mode ------------------------------------------------------------------------
+
+
+def future_case() -> tuple[list[tuple[str, str, float]], int]:
+    """User A's test target is i1 at t=10; only later events make i1 popular and co-occur with A's items."""
+    events = [("A", "i2", 1.0), ("A", "i3", 2.0), ("P", "i4", 3.0), ("Q", "i4", 4.0), ("Q", "i5", 5.0), ("A", "i1", 10.0)]
+    future = [(f"F{k}", item, 20.0 + 2 * k + j) for k in range(6) for j, item in enumerate(("i3", "i1"))]
+    return events + future, len(events)
+
+
+def test_streaming_mode_sees_no_future_data() -> None:
+    events, prefix = future_case()
+    settings = Settings()
+    full, cut = make_data(events, 30), make_data(events[:prefix], 30)
+    emb = unit_rows(30)
+    results = {}
+    for name, data, mode in (("full", full, "streaming"), ("cut", cut, "streaming"), ("standard", full, "standard")):
+        results[name] = ev.evaluate(data, emb, settings, mode, progress=False)
+    for model in results["full"]:
+        for metric in ev.METRICS:
+            assert results["full"][model][metric] == results["cut"][model][metric], (model, metric)
+    # the future would change the answer: standard mode (which replays it) ranks i1 first for A
+    assert results["standard"]["most-popular"]["ndcg@10"] == 1.0
+    assert results["full"]["most-popular"]["ndcg@10"] < 0.5
+    assert results["standard"]["blend"]["ndcg@10"] == 1.0
+    assert results["full"]["blend"]["ndcg@10"] < 1.0
+
+
+def test_collab_counters_only_grow_from_applied_events(tiny: Interactions) -> None:
+    t = ev.leave_one_out(tiny)
+    qs, applied = ev.queries_for(tiny, t, "test", "streaming")
+    ctx = ev.Replay(tiny, unit_rows(tiny.n_items), ev.event_types(tiny))
+    blend = ev.build_models(tiny, 16, Settings())[-1]
+    seen: list[int] = []
+    ev.replay(ctx, [blend], qs, applied, on_query=lambda q: seen.append(blend.collab.events), progress=False)
+    assert seen == [q.pos for q in qs]  # at each query, exactly the events before its position were counted
+
+
+# ---- end to end ----------------------------------------------------------------------------------------------
+
+
+def test_cli_end_to_end_on_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("STREAM_APP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("STREAM_APP_ENCODER_PROVIDER", "cpu")
+    out = tmp_path / "res.json"
+    args = ["--dataset", str(TINY), "--model", "all-MiniLM-L6-v2", "--no-progress"]
+    assert ev.main([*args, "--mode", "streaming", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["dataset"] == "tiny" and res["mode"] == "streaming" and res["default"] == "blend"
+    assert set(res["models"]) == {"most-popular", "item-knn", "text-mean", "seed-attention", "blend"}
+    for m in res["models"].values():
+        assert set(m) == {"hr@10", "ndcg@10", "hr@50", "seconds"}
+        assert 0.0 <= m["ndcg@10"] <= m["hr@10"] <= m["hr@50"] <= 1.0
+    # 9 items < 10: every non-excluded target is a hit at 10; u2's test target i6... all 4 targets were unseen
+    assert res["models"]["most-popular"]["hr@10"] == 1.0
+    printed = capsys.readouterr().out
+    assert "| model | HR@10 | NDCG@10 | HR@50 | seconds |" in printed and "blend (default)" in printed
+    cache = list((tmp_path / "data" / "eval-cache").glob("tiny-all-MiniLM-L6-v2-*.npy"))
+    assert len(cache) == 1 and np.load(cache[0]).shape == (9, 384)
+
+    assert ev.main([*args, "--json", str(out)]) == 0  # both modes, reusing the cached embeddings
+    both = json.loads(out.read_text())
+    assert both["mode"] == "both" and [r["mode"] for r in both["runs"]] == ["standard", "streaming"]
+    assert len(list((tmp_path / "data" / "eval-cache").glob("*.npy"))) == 1
