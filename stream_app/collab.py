@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from stream_app.settings import Settings
 
 SECONDS_PER_HOUR = 3600.0
-_RESCALE_AT = 1e120  # growth factor above which stored values are rescaled to the current time
+_LOG_RESCALE_AT = 200.0  # log growth factor above which stored values are rescaled to the current time
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,8 @@ def _rescale(state: CollabState, t: float, params: CollabParams) -> None:
     f_co = math.exp(-_rate(params.cooc_half_life_hours) * (t - state.t_ref))
     state.pop = {k: v * f_pop for k, v in state.pop.items() if v * f_pop > 0}
     state.count = {k: v * f_co for k, v in state.count.items() if v * f_co > 0}
-    state.cooc = {k: {j: c * f_co for j, c in row.items()} for k, row in state.cooc.items()}
+    cooc = {k: {j: c * f_co for j, c in row.items() if c * f_co > 0} for k, row in state.cooc.items()}
+    state.cooc = {k: row for k, row in cooc.items() if row}
     state.t_ref = t
 
 
@@ -123,11 +124,12 @@ def observe(state: CollabState, item_id: str, previous: Sequence[str], ts: float
         state.t_ref = ts
     t = max(ts, state.last_ts)  # late events count as now, like the interest model
     state.last_ts = t
-    g_co = math.exp(_rate(params.cooc_half_life_hours) * (t - state.t_ref))
-    g_pop = math.exp(_rate(params.pop_half_life_hours) * (t - state.t_ref))
-    if g_co > _RESCALE_AT or g_pop > _RESCALE_AT:
+    log_co = _rate(params.cooc_half_life_hours) * (t - state.t_ref)
+    log_pop = _rate(params.pop_half_life_hours) * (t - state.t_ref)
+    if max(log_co, log_pop) > _LOG_RESCALE_AT:
         _rescale(state, t, params)
-        g_co = g_pop = 1.0
+        log_co = log_pop = 0.0
+    g_co, g_pop = math.exp(log_co), math.exp(log_pop)
     state.events += 1
     state.pop[item_id] = state.pop.get(item_id, 0.0) + g_pop
     state.count[item_id] = state.count.get(item_id, 0.0) + g_co

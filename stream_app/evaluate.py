@@ -489,13 +489,35 @@ class Recorded:
     excluded: np.ndarray
 
 
-def record(data: Interactions, emb: np.ndarray, mode: str, params: InterestParams, cparams: CollabParams) -> Recorded:
-    """Replay the validation split of a mode with the default model and keep its per-query components."""
+class TextRecorder(InterestReplay):
+    """The default's interest model alone, recording its text affinity per query (no collab counters)."""
+
+    name = "text-recorder"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def scores(self, ctx: Replay, user: int, now: float) -> np.ndarray:
+        vecs, weights = interest_vectors(self.states[user], now, self.params)
+        text = collab.text_affinity(ctx.emb, vecs, weights)
+        zeros = np.zeros_like(text)
+        self.rows.append((text, zeros, zeros))
+        return text
+
+
+def record(
+    data: Interactions, emb: np.ndarray, mode: str, params: InterestParams, cparams: CollabParams | None
+) -> Recorded:
+    """Replay the validation split of a mode with the default model (text part alone when cparams is None)."""
     targets = leave_one_out(data)
     queries, applied = queries_for(data, targets, "valid", mode)
     ctx = Replay(data, emb, event_types(data))
     index = {iid: i for i, iid in enumerate(data.item_ids)}
-    rec = Recorder(data.n_users, emb.shape[1], params, cparams, index)
+    if cparams is None:
+        rec: Recorder | TextRecorder = TextRecorder(data.n_users, emb.shape[1], params)
+    else:
+        rec = Recorder(data.n_users, emb.shape[1], params, cparams, index)
     excluded = np.zeros((len(queries), data.n_items), bool)
     order = iter(range(len(queries)))
 
@@ -542,7 +564,7 @@ def tune(data: Interactions, emb: np.ndarray, settings: Settings, out=sys.stdout
         table(title + " (text ranking alone, validation)", "NDCG@10 | HR@10 | HR@50 | -")
         best = None
         for ip_ in candidates:
-            m = blend_metrics(record(data, emb, "standard", ip_, text_only), text_only)
+            m = blend_metrics(record(data, emb, "standard", ip_, None), text_only)
             print(f"| {label(ip_)} | {m['ndcg@10']:.4f} | {m['hr@10']:.4f} | {m['hr@50']:.4f} | |", file=out, flush=True)
             if best is None or m["ndcg@10"] > best[0]:
                 best = (m["ndcg@10"], ip_)
@@ -603,7 +625,7 @@ def tune(data: Interactions, emb: np.ndarray, settings: Settings, out=sys.stdout
 
 # text_weight stays > 0 by design: without it a catalogue or user with no co-occurrence yet would get no ranking.
 TUNE_GRID: dict[str, list] = {
-    "interest": [(t, d, k, th) for t in (0.05, 0.1, 0.2) for d in (0.0, 0.01)
+    "interest": [(t, d, k, th) for t in (0.05, 0.2, 1.0) for d in (0.0, 0.01, 0.1)
                  for k, th in ((1, 0.35), (3, 0.85), (3, 0.9))],
     "weights": [
         {t: 1.0 for t in POSITIVE_TYPES},
