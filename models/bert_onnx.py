@@ -23,6 +23,7 @@ class BertConfig:
     eps: float
     max_positions: int
     type_vocab: int
+    position_offset: int = 0  # first position id (XLM-R checkpoints that keep the padding rows: 2)
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "BertConfig":
@@ -40,7 +41,13 @@ class BertConfig:
             eps=float(cfg.get("layer_norm_eps", 1e-12)),
             max_positions=int(cfg.get("max_position_embeddings", 512)),
             type_vocab=int(cfg.get("type_vocab_size", 2)),
+            position_offset=int(cfg.get("position_offset", 0)),
         )
+
+    @property
+    def max_tokens(self) -> int:
+        """Longest input the position table covers, given the offset."""
+        return self.max_positions - self.position_offset
 
 
 def ffn_output_matmul(layer: int) -> str:
@@ -151,7 +158,9 @@ def _embeddings(g: _Graph, w: dict[str, np.ndarray], cfg: BertConfig) -> str:
     scope = "/embeddings"
     shape = g.op("Shape", ["input_ids"], f"{scope}/Shape")
     seq = g.op("Gather", [shape, g.const(1, np.int64)], f"{scope}/Gather", axis=0)
-    positions = g.op("Range", [g.const(0, np.int64), seq, g.const(1, np.int64)], f"{scope}/Range")
+    start = g.const(cfg.position_offset, np.int64)
+    end = g.op("Add", [seq, start], f"{scope}/Add_positions") if cfg.position_offset else seq
+    positions = g.op("Range", [start, end, g.const(1, np.int64)], f"{scope}/Range")
     positions = g.op("Unsqueeze", [positions, g.const([0], np.int64)], f"{scope}/Unsqueeze")
     we = g.op("Gather", [word, "input_ids"], f"{scope}/word_embeddings/Gather")
     te = g.op("Gather", [typ, "token_type_ids"], f"{scope}/token_type_embeddings/Gather")

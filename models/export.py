@@ -86,7 +86,7 @@ def build_folder(checkpoint: Path, name: str, out: Path, *, fuse: bool = True) -
     spec = sources.spec_for(name)
     config, weights = load_checkpoint(checkpoint)
     cfg = BertConfig.from_dict(config)
-    max_tokens = min(spec.max_tokens, cfg.max_positions)
+    max_tokens = min(spec.max_tokens, cfg.max_tokens)
     model = build_bert_encoder(weights, cfg, normalize=spec.normalize)
     del weights
     fp32 = out / "model.onnx"
@@ -175,7 +175,11 @@ def is_current(model_dir: Path, name: str) -> bool:
 
 
 def ensure_model(settings) -> Path:
-    """The model folder the settings point at, exporting it into the cache when missing or stale."""
+    """The model folder the settings (or a bare model name: default cache) point at, exported when missing or stale."""
+    if isinstance(settings, str):
+        from stream_app.settings import Settings  # noqa: PLC0415
+
+        settings = Settings(model_name=settings, model_dir=None)
     if settings.model_dir is not None:
         model_dir = Path(settings.model_dir)
         if read_manifest(model_dir) is None:

@@ -231,3 +231,30 @@ def test_unsupported_config_is_rejected() -> None:
         BertConfig.from_dict({**base, "hidden_act": "relu"})
     with pytest.raises(ValueError):
         BertConfig.from_dict({**base, "position_embedding_type": "relative_key"})
+
+
+def test_position_offset_shifts_the_position_table(tmp_path: Path) -> None:
+    """config position_offset=2 (XLM-R layout) equals an offset-0 checkpoint whose table drops the first 2 rows."""
+    shifted = write_checkpoint(tmp_path / "offset2")
+    config = json.loads((shifted / "config.json").read_text())
+    (shifted / "config.json").write_text(json.dumps({**config, "position_offset": 2}))
+    plain = write_checkpoint(tmp_path / "offset0")
+    weights = tiny_weights(0)
+    weights["embeddings.position_embeddings.weight"] = weights["embeddings.position_embeddings.weight"][2:].copy()
+    save_file(weights, str(plain / "model.safetensors"))
+    (plain / "config.json").write_text(json.dumps({**config, "max_position_embeddings": POSITIONS - 2}))
+    a = exp.export(shifted, tmp_path / "out2", name="offset2", fuse=False)
+    b = exp.export(plain, tmp_path / "out0", name="offset0", fuse=False)
+    ids, mask = padded_inputs()
+    np.testing.assert_allclose(run_graph(a / "model.onnx", ids, mask), run_graph(b / "model.onnx", ids, mask), atol=1e-6)
+    assert json.loads((a / "manifest.json").read_text())["max_tokens"] == POSITIONS - 2
+
+
+def test_ensure_model_accepts_a_model_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAM_APP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("STREAM_APP_MODEL_CACHE", str(tmp_path / "models"))
+    ckpt = write_checkpoint(sources.checkpoint_dir("tiny-bert"))
+    sources.write_stamp(ckpt, {"kind": "test", "ref": "tiny"})
+    folder = exp.ensure_model("tiny-bert")
+    assert folder == tmp_path / "models" / "tiny-bert"
+    assert json.loads((folder / "manifest.json").read_text())["name"] == "tiny-bert"
