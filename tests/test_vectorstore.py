@@ -206,9 +206,8 @@ async def test_embedded_store_survives_its_worker_being_killed(tmp_path: Path):
     await store.ensure_collection(DIM)
     try:
         await store.upsert(records(cat))
-        for proc in list(store._executor()._processes.values()):
-            proc.kill()
-            proc.join()
+        store._worker.proc.kill()
+        store._worker.proc.wait()
         assert await store.count() == 40
         [hits] = await store.search(cat[7], limit=1)
         assert hits[0].item_id == "sku-7"
