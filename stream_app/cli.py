@@ -22,10 +22,13 @@ def kafka_command(action: str) -> int:
 
 def worker_command(extra: list[str]) -> int:
     """Start the Faust worker of stream_app.app (web view included)."""
-    from stream_app.app import app
+    import asyncio
+
+    from stream_app.app import app, declare_topics
     from stream_app.settings import get_settings
 
     s = get_settings()
+    asyncio.run(declare_topics())
     sys.argv = ["stream-app", "worker", "--web-port", str(s.web_port), "--web-host", s.web_host, *extra]
     app.main()
     return 0
