@@ -46,10 +46,10 @@ class CollabParams:
     query_items: int = 20
     recency: float = 0.9
     neighbour_pop_exponent: float = 0.5
-    text_weight: float = 0.01
+    text_weight: float = 0.005
     cooc_weight: float = 1.0
-    pop_weight: float = 0.02
-    text_temperature: float = 0.02
+    pop_weight: float = 0.0
+    text_temperature: float = 0.05
 
     def __post_init__(self) -> None:
         """Reject values that make the counters or the blend meaningless."""
