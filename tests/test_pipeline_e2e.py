@@ -1,0 +1,248 @@
+"""End to end on the real broker: a `stream-app worker` process, the sample catalogue, behaviour in, lists out.
+
+Nothing is mocked: the worker is the product's own command with the default (multilingual) encoder and the
+embedded Qdrant engine; the test only talks Kafka and reads the worker's web view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from stream_app.sample_data import RELATED_CATEGORIES, category_of, load_catalogue
+
+pytestmark = pytest.mark.kafka
+BASE_TS = 1767225600
+
+
+@dataclass
+class Worker:
+    env: dict[str, str]
+    proc: subprocess.Popen
+    web: str
+
+    def topic(self, name: str) -> str:
+        return self.env[f"STREAM_APP_{name.upper()}_TOPIC"]
+
+    def stats(self) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"{self.web}/stats/", timeout=2) as r:
+                return json.loads(r.read())
+        except OSError:
+            return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"worker exited with {proc.returncode} while waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+async def produce(bootstrap: str, topic: str, messages: list[tuple[str, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for key, value in messages:
+            await producer.send(topic, value, key=key.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def as_json(obj: dict) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode()
+
+
+@pytest.fixture(scope="module")
+def worker(kafka_bootstrap: str, tmp_path_factory) -> Iterator[Worker]:
+    """A real worker on private topics, fed the whole sample catalogue, indexed before the tests start."""
+    run = uuid.uuid4().hex[:8]
+    port = free_port()
+    data = tmp_path_factory.mktemp("worker")
+    env = {
+        **os.environ,
+        "STREAM_APP_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "STREAM_APP_APP_ID": f"e2e-{run}",
+        "STREAM_APP_ITEMS_TOPIC": f"e2e-items-{run}",
+        "STREAM_APP_BEHAVIOUR_TOPIC": f"e2e-behaviour-{run}",
+        "STREAM_APP_RECOMMENDATIONS_TOPIC": f"e2e-recs-{run}",
+        "STREAM_APP_DLQ_TOPIC": f"e2e-dlq-{run}",
+        "STREAM_APP_ITEMS_DLQ_TOPIC": f"e2e-items-dlq-{run}",
+        "STREAM_APP_DATA_DIR": str(data),
+        "STREAM_APP_TABLE_STORE": "memory://",
+        "STREAM_APP_WEB_PORT": str(port),
+        "STREAM_APP_TOPIC_PARTITIONS": "2",
+    }
+    log = open(data / "worker.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker", "--loglevel", "warn"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    w = Worker(env, proc, f"http://127.0.0.1:{port}")
+    try:
+        wait_until(lambda: w.stats() is not None, 180, "the web view", proc)
+        catalogue = load_catalogue()
+        asyncio.run(produce(kafka_bootstrap, w.topic("items"),
+                            [(i["item_id"], as_json(i)) for i in catalogue]))
+        wait_until(lambda: (w.stats() or {}).get("items_indexed", 0) >= len(catalogue), 300, "indexing", proc)
+        yield w
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+        if proc.returncode not in (0, -signal.SIGTERM, None):
+            print((data / "worker.log").read_text()[-5000:])
+
+
+async def play_and_collect(w: Worker, events: list[dict], timeout: float = 60) -> list[dict]:
+    """Send behaviour events, return the recommendations that follow until each user's last event is answered.
+
+    The worker sends one list per user per batch, so several events of a user can share one recommendation.
+    """
+    bootstrap = w.env["STREAM_APP_KAFKA_BOOTSTRAP"]
+    users = {e["user_id"] for e in events if isinstance(e, dict)}
+    consumer = AIOKafkaConsumer(w.topic("recommendations"), bootstrap_servers=bootstrap,
+                                auto_offset_reset="latest", group_id=f"test-{uuid.uuid4().hex[:6]}")
+    await consumer.start()
+    try:
+        while not consumer.assignment():
+            await asyncio.sleep(0.05)
+        for tp in consumer.assignment():
+            await consumer.position(tp)  # pin "latest" before producing
+        for e in events:
+            await produce(bootstrap, w.topic("behaviour"), [(e["user_id"], as_json(e))])
+            await asyncio.sleep(0.05)
+        waiting = {e["event_id"] for e in {e["user_id"]: e for e in events}.values()}
+        got: list[dict] = []
+        async with asyncio.timeout(timeout):
+            async for msg in consumer:
+                rec = json.loads(msg.value)
+                if rec["user_id"] in users:
+                    got.append(rec)
+                    waiting -= set(rec["event_ids"])
+                if not waiting:
+                    break
+        return got
+    finally:
+        await consumer.stop()
+
+
+def ev(user: str, kind: str, item: str | None = None, text: str | None = None, minute: int = 0) -> dict:
+    e = {"event_id": f"{user}-{uuid.uuid4().hex[:6]}", "user_id": user, "type": kind, "ts": BASE_TS + 60 * minute}
+    if item:
+        e["item_id"] = item
+    if text:
+        e["text"] = text
+    return e
+
+
+def ids_by_title(fragment: str) -> str:
+    matches = [i["item_id"] for i in load_catalogue() if fragment in i["title"]]
+    assert matches, fragment
+    return matches[0]
+
+
+def related_share(rec: dict, category: str) -> float:
+    cats = category_of()
+    related = RELATED_CATEGORIES[category]
+    return sum(cats[i["item_id"]] in related for i in rec["items"]) / len(rec["items"])
+
+
+def test_phone_accessory_buyer_gets_phone_related_items_not_what_they_consumed(worker):
+    user = f"alice-{uuid.uuid4().hex[:6]}"
+    case = ids_by_title("Spigen Tough Armor Case")
+    charger = ids_by_title("Anker")
+    events = [ev(user, "view", case, minute=0), ev(user, "view", charger, minute=1),
+              ev(user, "cart", case, minute=2), ev(user, "purchase", case, minute=3),
+              ev(user, "purchase", charger, minute=4)]
+    recs = asyncio.run(play_and_collect(worker, events))
+    last = recs[-1]
+    assert last["strategy"] == "interest" and len(last["items"]) == 10
+    assert {case, charger}.isdisjoint(i["item_id"] for i in last["items"])
+    assert related_share(last, "phone-accessories") >= 0.8, last["items"]
+    assert last["latency_ms"] >= 0
+
+
+def test_chinese_user_gets_chinese_phone_related_items(worker):
+    user = f"小明-{uuid.uuid4().hex[:6]}"
+    phone = ids_by_title("华为 Mate 60 Pro")
+    buds = ids_by_title("FreeBuds")
+    events = [ev(user, "view", phone, minute=0), ev(user, "purchase", buds, minute=2),
+              ev(user, "search", text="手机 充电器", minute=3)]
+    recs = asyncio.run(play_and_collect(worker, events))
+    last = recs[-1]
+    assert {phone, buds}.isdisjoint(i["item_id"] for i in last["items"])
+    assert related_share(last, "phones") >= 0.8, last["items"]
+    chinese = sum(any("\u4e00" <= ch <= "\u9fff" for ch in i["title"]) for i in last["items"])
+    assert chinese >= 5, last["items"]
+
+
+def test_malformed_events_go_to_the_dlq_and_the_worker_keeps_going(worker):
+    bootstrap = worker.env["STREAM_APP_KAFKA_BOOTSTRAP"]
+    user = f"dlq-{uuid.uuid4().hex[:6]}"
+    bad = [(user, b"{this is not json"), (user, as_json({"event_id": "x", "user_id": user, "type": "teleport",
+                                                          "item_id": "sku-0001", "ts": BASE_TS}))]
+
+    async def scenario() -> tuple[list[dict], list[dict]]:
+        dlq = AIOKafkaConsumer(worker.topic("dlq"), bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                               group_id=None)
+        await dlq.start()
+        try:
+            await produce(bootstrap, worker.topic("behaviour"), bad)
+            recs = await play_and_collect(worker, [ev(user, "view", ids_by_title("Hoka Clifton 9"))])
+            dead: list[dict] = []
+            async with asyncio.timeout(60):
+                async for msg in dlq:
+                    rec = json.loads(msg.value)
+                    if rec["key"] == user:
+                        dead.append(rec)
+                    if len(dead) == 2:
+                        break
+            return recs, dead
+        finally:
+            await dlq.stop()
+
+    recs, dead = asyncio.run(scenario())
+    assert recs[0]["user_id"] == user  # the worker survived and served the next good event
+    reasons = sorted(d["reason"] for d in dead)
+    assert reasons[0].startswith("not valid JSON") and "unknown event type" in reasons[1]
+    assert all(d["topic"] == worker.topic("behaviour") and d["offset"] >= 0 for d in dead)
+    assert worker.proc.poll() is None
+
+
+def test_deleted_item_is_never_recommended_afterwards(worker):
+    bootstrap = worker.env["STREAM_APP_KAFKA_BOOTSTRAP"]
+    user = f"del-{uuid.uuid4().hex[:6]}"
+    tea = ids_by_title("西湖龙井")
+    before = asyncio.run(play_and_collect(worker, [ev(user, "purchase", tea)]))[0]
+    victim = before["items"][0]["item_id"]
+    deleted_before = (worker.stats() or {})["items_deleted"]
+    asyncio.run(produce(bootstrap, worker.topic("items"), [(victim, as_json({"item_id": victim, "deleted": True}))]))
+    wait_until(lambda: (worker.stats() or {}).get("items_deleted", 0) > deleted_before, 60, "the deletion", worker.proc)
+    after = asyncio.run(play_and_collect(worker, [ev(user, "view", tea, minute=1), ev(user, "click", tea, minute=2)]))
+    for rec in after:
+        assert victim not in {i["item_id"] for i in rec["items"]}
+        assert len(rec["items"]) == 10
