@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -21,8 +20,10 @@ import numpy as np
 
 from stream_app.encoder import TextEncoder, load_encoder
 from stream_app.events import BehaviourEvent, ItemEvent
+from stream_app import collab
+from stream_app.collab import CollabParams, CollabState
 from stream_app.interest import InterestParams, UserState, apply_event, consumed_items, interest_vectors
-from stream_app.ranking import merge_slot_hits, popular_items
+from stream_app.ranking import merge_slot_hits
 from stream_app.settings import Settings
 from stream_app.vectorstore import ItemRecord, ItemStore, open_item_store
 
@@ -61,32 +62,6 @@ class LRUCache:
 
     def discard(self, key: str) -> None:
         self.data.pop(key, None)
-
-
-@dataclass
-class Popularity:
-    """Exponentially decayed interaction counts per item (half-life in hours), this worker's view of the stream."""
-
-    half_life_hours: float = 24.0
-    counts: dict[str, float] = field(default_factory=dict)
-    ref_ts: float = 0.0
-
-    def add(self, item_id: str, ts: float, weight: float = 1.0) -> None:
-        """Count one interaction at time ts (stored relative to a moving reference time, so no overflow)."""
-        if ts > self.ref_ts:
-            if self.counts:
-                factor = math.exp(-math.log(2) * (ts - self.ref_ts) / 3600.0 / self.half_life_hours)
-                if factor < 1e-12:
-                    self.counts.clear()
-                else:
-                    for k in self.counts:
-                        self.counts[k] *= factor
-            self.ref_ts = ts
-        age_h = (self.ref_ts - ts) / 3600.0
-        self.counts[item_id] = self.counts.get(item_id, 0.0) + weight * math.exp(-math.log(2) * age_h / self.half_life_hours)
-
-    def discard(self, item_id: str) -> None:
-        self.counts.pop(item_id, None)
 
 
 @dataclass
@@ -131,7 +106,7 @@ class Recommendation:
 
     user_id: str
     items: list[dict[str, Any]]
-    strategy: str  # "interest" (slot search) or "popular" (no usable history)
+    strategy: str  # "blend" (interest slots + collaborative re-ranking) or "popular" (no usable interest)
     slot_weights: list[float]
 
 
@@ -144,7 +119,9 @@ class Pipeline:
         self.encoder = encoder
         self.store = store
         self.item_vectors = LRUCache(settings.item_cache_size)
-        self.popularity = Popularity()
+        self.cparams = CollabParams.from_settings(settings)
+        # Co-occurrence and popularity from the events this worker sees (its partitions' users): see README.
+        self.collab = CollabState()
         self.metrics = Metrics()
         self.last_recommendations: OrderedDict[str, Recommendation] = OrderedDict()
         # One thread for the encoder: onnxruntime parallelises inside a run and releases the GIL.
@@ -198,7 +175,6 @@ class Pipeline:
             await self.store.delete(deleted)
             for item_id in deleted:
                 self.item_vectors.discard(item_id)
-                self.popularity.discard(item_id)
             self.metrics.items_deleted += len(deleted)
         if upserts:
             vectors = await self.encode([item.document() for item in upserts], kind="passage")
@@ -241,57 +217,67 @@ class Pipeline:
         return out
 
     def update_state(self, state: UserState, events: Sequence[BehaviourEvent], vectors: Sequence[np.ndarray]) -> UserState:
-        """Fold a user's events (in arrival order) into the state; counts items for popularity."""
+        """Fold a user's events (in arrival order) into the interest state and the collaborative counters."""
         for e, vec in zip(events, vectors):
-            state = apply_event(state, vec, e.type, e.ts, e.item_id, self.params)
             if e.item_id and e.type != "dislike":
-                self.popularity.add(e.item_id, e.ts, self.params.type_weights.get(e.type, 1.0))
+                collab.observe(self.collab, e.item_id, consumed_items(state), e.ts, self.cparams)
+            state = apply_event(state, vec, e.type, e.ts, e.item_id, self.params)
         self.metrics.events += len(events)
         return state
 
     async def recommend(self, states: dict[str, UserState], now: float) -> dict[str, Recommendation]:
-        """Top-k per user: all users' slot vectors in one batched search, merged by slot weight, consumed excluded."""
+        """Top-k per user: slot search (one batched call) + co-occurring + popular candidates, re-ranked by the blend.
+
+        The same pieces as the evaluator's default model (stream_app.evaluate.Blend): text affinity of the
+        interest slots (ranking.merge_slot_hits over Qdrant hits), collab co-occurrence and popularity, collab.rerank.
+        """
         assert self.store is not None
         k = self.settings.top_k
-        rows: list[np.ndarray] = []
-        owners: list[tuple[str, np.ndarray, int, int]] = []  # user, weights, first row, row count
-        for user_id, state in states.items():
-            vecs, weights = interest_vectors(state, now, self.params)
-            if len(weights):
-                owners.append((user_id, weights, len(rows), len(weights)))
-                rows.extend(vecs)
-        hits_by_row: list = []
-        consumed = {u: consumed_items(s) for u, s in states.items()}
-        if rows:
-            # Post-filter instead of per-user Qdrant filters: one batched call, exact while limit >= k + |consumed|.
-            limit = k + max(len(consumed[u]) for u, *_ in owners)
-            hits_by_row = await self.store.search(np.stack(rows).astype(np.float32), limit)
+        slots = {u: interest_vectors(s, now, self.params) for u, s in states.items()}
+        recent = {u: consumed_items(s) for u, s in states.items()}
+        owners = [u for u in states if len(slots[u][1])]
+        # Post-filter instead of per-user Qdrant filters: one batched call, exact while limit >= k + |consumed|.
+        limit = k + max((len(recent[u]) for u in owners), default=0)
+        hits_by_row = []
+        if owners:
+            hits_by_row = await self.store.search(np.concatenate([slots[u][0] for u in owners]).astype(np.float32), limit)
+        text: dict[str, dict[str, float]] = {u: {} for u in states}
+        payloads: dict[str, dict] = {}
+        row = 0
+        for u in owners:
+            n = len(slots[u][1])
+            hit_lists = hits_by_row[row:row + n]
+            row += n
+            payloads.update({h.item_id: h.payload for hits in hit_lists for h in hits})
+            text[u] = dict(merge_slot_hits([[(h.item_id, h.score) for h in hits] for hits in hit_lists], slots[u][1],
+                                           set(recent[u]), limit))
+        popular = collab.top_popular(self.collab, k + limit)
+        extras = {u: [i for i in dict.fromkeys(collab.top_cooc(self.collab, recent[u], self.cparams, k) + popular)
+                      if i not in text[u]] for u in states}
+        # Counter items come from the stream, not the store: keep only those the catalogue still holds.
+        wanted = sorted({i for lst in extras.values() for i in lst} - payloads.keys())
+        if wanted:
+            payloads.update(await self.store.get_payloads(wanted))
+        need_vectors = sorted({i for u in owners for i in extras[u] if i in payloads and self.item_vectors.get(i) is None})
+        if need_vectors:
+            for item_id, vec in (await self.store.get_vectors(need_vectors)).items():
+                self.item_vectors.put(item_id, np.asarray(vec, np.float32))
         out: dict[str, Recommendation] = {}
-        for user_id, weights, start, n in owners:
-            hit_lists = hits_by_row[start:start + n]
-            titles = {h.item_id: h.payload.get("title", "") for hits in hit_lists for h in hits}
-            merged = merge_slot_hits([[(h.item_id, h.score) for h in hits] for hits in hit_lists], weights,
-                                     set(consumed[user_id]), k)
-            items = [{"item_id": i, "score": round(s, 6), "title": titles.get(i, "")} for i, s in merged]
-            out[user_id] = Recommendation(user_id, items, "interest", [round(float(w), 4) for w in weights])
-        cold = [u for u in states if u not in out]
-        if cold:
-            out.update(await self._popular(cold, consumed, k))
+        for u in states:
+            pool_extra = [i for i in extras[u] if i in payloads]
+            vecs, weights = slots[u]
+            extra_text = collab.text_affinity(np.stack([self.item_vectors.get(i) for i in pool_extra]), vecs, weights) \
+                if pool_extra and len(weights) else np.zeros(len(pool_extra))
+            candidates = list(text[u]) + pool_extra
+            affinity = np.concatenate([np.fromiter(text[u].values(), float, len(text[u])), extra_text])
+            ranked = collab.rerank(candidates, affinity, self.collab, recent[u], self.cparams, set(recent[u]), k)
+            strategy = "blend" if len(weights) else "popular"
+            items = [{"item_id": i, "score": round(sc, 6), "title": payloads.get(i, {}).get("title", "")}
+                     for i, sc in ranked]
+            out[u] = Recommendation(u, items, strategy, [round(float(w), 4) for w in weights])
         for user_id, rec in out.items():
             self.last_recommendations[user_id] = rec
             self.last_recommendations.move_to_end(user_id)
         while len(self.last_recommendations) > 10_000:
             self.last_recommendations.popitem(last=False)
         return out
-
-    async def _popular(self, users: list[str], consumed: dict[str, list[str]], k: int) -> dict[str, Recommendation]:
-        """Cold users get the currently most popular items (titles fetched from the store in one call)."""
-        assert self.store is not None
-        ranked = {u: popular_items(self.popularity.counts, set(consumed[u]), k) for u in users}
-        ids = sorted({i for lst in ranked.values() for i, _ in lst})
-        titles = await self.store.get_payloads(ids) if ids and hasattr(self.store, "get_payloads") else {}
-        return {
-            u: Recommendation(u, [{"item_id": i, "score": round(s, 6), "title": titles.get(i, {}).get("title", "")}
-                                  for i, s in lst], "popular", [])
-            for u, lst in ranked.items()
-        }

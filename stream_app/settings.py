@@ -68,6 +68,20 @@ class Settings(BaseSettings):
 
     # --- Recommendation ------------------------------------------------------------------------
     top_k: int = Field(10, ge=1)
+    qdrant_optimize_every: int = Field(50_000, ge=1, description="Embedded store: build the HNSW index after this many new points.")
+
+    # --- Collaborative signals and the re-ranking blend (tuned on ML-100K validation targets) -------------
+    collab_window: int = Field(20, ge=1, description="Co-occurrence counted with the user's last N items.")
+    collab_query_items: int = Field(20, ge=1, description="Recent items whose neighbours are scored.")
+    collab_recency: float = Field(0.9, gt=0, le=1, description="Weight ratio of each older recent item.")
+    collab_neighbour_pop_exponent: float = Field(0.5, ge=0, description="Damping of popular neighbours (ItemKNN-style).")
+    collab_cooc_half_life_hours: float = Field(0.0, ge=0, description="0 = no decay of co-occurrence counts.")
+    collab_pop_half_life_hours: float = Field(0.0, ge=0, description="0 = no decay of popularity counts.")
+    collab_max_neighbours: int = Field(300, ge=1)
+    blend_text_weight: float = Field(0.005, ge=0, description="Weight of the interest slots' text affinity.")
+    blend_cooc_weight: float = Field(1.0, ge=0)
+    blend_pop_weight: float = Field(0.0, ge=0)
+    blend_text_temperature: float = Field(0.05, gt=0)
 
     def resolved_model_dir(self) -> Path:
         """The model folder the encoder loads: model_dir if set, else model_cache/model_name."""

@@ -102,7 +102,8 @@ def open_item_store(settings: Settings) -> ItemStore:
     """A server store when settings.qdrant_url is set, else the embedded store under data_dir."""
     if settings.qdrant_url:
         return open_server_store(settings.qdrant_url, settings.qdrant_api_key, settings.qdrant_collection)
-    return EmbeddedItemStore(Path(settings.data_dir) / "qdrant-edge" / settings.qdrant_collection)
+    return EmbeddedItemStore(Path(settings.data_dir) / "qdrant-edge" / settings.qdrant_collection,
+                             optimize_every=settings.qdrant_optimize_every)
 
 
 # ---------------------------------------------------------------------------------------------

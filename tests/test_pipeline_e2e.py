@@ -180,7 +180,7 @@ def test_phone_accessory_buyer_gets_phone_related_items_not_what_they_consumed(w
               ev(user, "purchase", charger, minute=4)]
     recs = asyncio.run(play_and_collect(worker, events))
     last = recs[-1]
-    assert last["strategy"] == "interest" and len(last["items"]) == 10
+    assert last["strategy"] == "blend" and len(last["items"]) == 10
     assert {case, charger}.isdisjoint(i["item_id"] for i in last["items"])
     assert related_share(last, "phone-accessories") >= 0.8, last["items"]
     assert last["latency_ms"] >= 0
