@@ -185,6 +185,15 @@ def test_phone_accessory_buyer_gets_phone_related_items_not_what_they_consumed(w
     assert related_share(last, "phone-accessories") >= 0.8, last["items"]
     assert last["latency_ms"] >= 0
 
+    # The web view explains it: the worker that owns the user's partition serves its state and last list.
+    with urllib.request.urlopen(f"{worker.web}/users/{user}/", timeout=10) as r:
+        explained = json.loads(r.read())
+    assert explained["known"] and explained["events"] == len(events)
+    assert set(explained["recent_items"]) == {case, charger}
+    assert explained["last_recommendation"]["items"] == last["items"]
+    with urllib.request.urlopen(f"{worker.web}/dashboard/", timeout=10) as r:
+        assert user in r.read().decode()
+
 
 def test_chinese_user_gets_chinese_phone_related_items(worker):
     user = f"小明-{uuid.uuid4().hex[:6]}"
