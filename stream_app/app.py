@@ -19,7 +19,7 @@ from faust.streams import _current_event
 from faust.types import EventT
 
 from stream_app.events import BehaviourEvent, EventError, dead_letter, parse_behaviour, parse_item
-from stream_app.interest import decode_state, encode_state, new_state
+from stream_app.interest import UserState, decode_state, encode_state, new_state
 from stream_app.pipeline import Pipeline, UnknownItem, item_fingerprint
 from stream_app.settings import get_settings
 from stream_app.web import register_pages
@@ -49,11 +49,18 @@ recommendations_topic = app.topic(settings.recommendations_topic, key_type=str, 
 behaviour_dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="json", partitions=1)
 items_dlq = app.topic(settings.items_dlq_topic, key_serializer="raw", value_serializer="json", partitions=1)
 
-# user_id -> packed interest state (stream_app.interest.encode_state); co-partitioned with `behaviour`.
-RAW_STR_KEYS = faust.Schema(key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw")
-user_state = app.Table("user-state", schema=RAW_STR_KEYS, partitions=settings.topic_partitions)
-# item_id -> fingerprint of what was indexed, so an unchanged catalogue re-send is not encoded again.
-item_fingerprints = app.Table("item-fingerprints", schema=RAW_STR_KEYS, partitions=settings.topic_partitions)
+def raw_table(name: str, help: str) -> faust.Table:
+    """A table of str keys and bytes values stored as they are (Faust would otherwise JSON-encode both)."""
+    table = app.Table(name, key_type=str, value_type=bytes, partitions=settings.topic_partitions, help=help)
+    # Faust derives the store's and the changelog's codecs from these attributes, read when the store opens.
+    table.key_serializer = "raw"
+    table.value_serializer = "raw"
+    return table
+
+
+# Both co-partitioned with their source topic, so they scale out with its partitions.
+user_state = raw_table("user-state", "user_id -> packed interest state (stream_app.interest.encode_state)")
+item_fingerprints = raw_table("item-fingerprints", "item_id -> fingerprint of what was indexed (skips unchanged re-sends)")
 
 pipeline = Pipeline(settings)
 
@@ -82,34 +89,44 @@ async def index_items(stream: faust.StreamT) -> None:
     """Catalogue events: encode new or changed items in batches, upsert them, delete deleted ones."""
     await pipeline.start()
     async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
-        parsed = []
-        for event in events:
-            try:
-                parsed.append((event, parse_item(event.message.value)))
-            except EventError as exc:
-                await send_dead_letter(items_dlq, event, str(exc))
-        changed = []  # (event, item, fingerprint or None for a deletion)
-        for event, item in parsed:
-            if item.deleted:
-                changed.append((event, item, None))
-                continue
-            fp = item_fingerprint(item)
-            with event_context(event):
-                unchanged = item_fingerprints.get(item.item_id) == fp
-            if unchanged:
-                pipeline.metrics.items_unchanged += 1
-            else:
-                changed.append((event, item, fp))
-        if not changed:
+        try:
+            await handle_items_batch(events)
+        except Exception as exc:  # noqa: BLE001 - an unexpected failure must not stop the agent
+            log.exception("items batch of %d failed; dead-lettering it", len(events))
+            for event in events:
+                await send_dead_letter(items_dlq, event, f"processing failed: {type(exc).__name__}: {exc}")
+
+
+async def handle_items_batch(events: list[EventT]) -> None:
+    """Parse, skip unchanged items, index the rest in one encoder batch and one store call."""
+    parsed = []
+    for event in events:
+        try:
+            parsed.append((event, parse_item(event.message.value)))
+        except EventError as exc:
+            await send_dead_letter(items_dlq, event, str(exc))
+    changed = []  # (event, item, fingerprint or None for a deletion)
+    for event, item in parsed:
+        if item.deleted:
+            changed.append((event, item, None))
             continue
-        await pipeline.index_items([item for _, item, _ in changed])
-        # Only after the store took them, so a crash in between re-indexes on replay instead of skipping.
-        for event, item, fp in changed:
-            with event_context(event):
-                if fp is None:
-                    item_fingerprints.pop(item.item_id, None)
-                else:
-                    item_fingerprints[item.item_id] = fp
+        fp = item_fingerprint(item).encode()
+        with event_context(event):
+            unchanged = item_fingerprints.get(item.item_id) == fp
+        if unchanged:
+            pipeline.metrics.items_unchanged += 1
+        else:
+            changed.append((event, item, fp))
+    if not changed:
+        return
+    await pipeline.index_items([item for _, item, _ in changed])
+    # Only after the store took them, so a crash in between re-indexes on replay instead of skipping.
+    for event, item, fp in changed:
+        with event_context(event):
+            if fp is None:
+                item_fingerprints.pop(item.item_id, None)
+            else:
+                item_fingerprints[item.item_id] = fp
 
 
 @app.agent(behaviour_topic)
@@ -117,7 +134,22 @@ async def process_behaviour(stream: faust.StreamT) -> None:
     """Behaviour events: update each user's interest and push one recommendation per user per batch."""
     await pipeline.start()
     async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
-        await handle_behaviour_batch(events)
+        try:
+            await handle_behaviour_batch(events)
+        except Exception as exc:  # noqa: BLE001 - an unexpected failure must not stop the agent
+            log.exception("behaviour batch of %d failed; dead-lettering it", len(events))
+            for event in events:
+                await send_dead_letter(behaviour_dlq, event, f"processing failed: {type(exc).__name__}: {exc}")
+
+
+def load_state(user_id: str, raw: bytes | None) -> UserState:
+    """The user's stored state, or a fresh one (also when the stored bytes are unreadable, which is logged)."""
+    if raw:
+        try:
+            return decode_state(raw)
+        except ValueError as exc:
+            log.error("user %r: unreadable state (%s); starting afresh", user_id, exc)
+    return new_state(pipeline.dim)
 
 
 async def handle_behaviour_batch(events: list[EventT]) -> None:
@@ -144,7 +176,7 @@ async def handle_behaviour_batch(events: list[EventT]) -> None:
         last_event = rows[-1][0]
         with event_context(last_event):
             raw = user_state.get(user_id)
-        state = decode_state(raw) if raw else new_state(pipeline.dim)
+        state = load_state(user_id, raw)
         state = pipeline.update_state(state, [b for _, b, _ in rows], [v for _, _, v in rows])
         with event_context(last_event):
             user_state[user_id] = encode_state(state)

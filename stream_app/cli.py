@@ -52,7 +52,7 @@ def encode_command(texts: list[str], model: str | None, fp32: bool) -> int:
     ms = (time.perf_counter() - t0) * 1000
     print(f"model={encoder.manifest.name} graph={'fp32' if fp32 else 'int8'} provider={encoder.provider} dim={encoder.dim}")
     for text, vec in zip(texts, vectors):
-        print(f"{vec.shape} norm={float((vec * vec).sum()) ** 0.5:.4f} head={vec[:4].round(4).tolist()} {text!r}")
+        print(f"{vec.shape} norm={float((vec * vec).sum()) ** 0.5:.4f} head=[{', '.join(f'{x:+.4f}' for x in vec[:4])}] {text!r}")
     print(f"{len(texts)} texts in {ms:.2f} ms ({ms / max(len(texts), 1):.2f} ms/text)")
     return 0
 
@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         from stream_app.settings import Settings
 
         settings = Settings(**({"model_name": args.model} if args.model else {}))
+        if not args.verbose:  # onnxruntime's quantiser logs every tensor on the root logger at INFO
+            logging.getLogger().setLevel(logging.WARNING)
+            logging.getLogger("models").setLevel(logging.INFO)
         print(ensure_model(settings))
         return 0
     if args.command == "demo":

@@ -90,7 +90,7 @@ def worker(kafka_bootstrap: str, tmp_path_factory) -> Iterator[Worker]:
         "STREAM_APP_DLQ_TOPIC": f"e2e-dlq-{run}",
         "STREAM_APP_ITEMS_DLQ_TOPIC": f"e2e-items-dlq-{run}",
         "STREAM_APP_DATA_DIR": str(data),
-        "STREAM_APP_TABLE_STORE": "memory://",
+        "STREAM_APP_TABLE_STORE": "rocksdb://",  # the production store
         "STREAM_APP_WEB_PORT": str(port),
         "STREAM_APP_TOPIC_PARTITIONS": "2",
     }
@@ -255,3 +255,19 @@ def test_deleted_item_is_never_recommended_afterwards(worker):
     for rec in after:
         assert victim not in {i["item_id"] for i in rec["items"]}
         assert len(rec["items"]) == 10
+
+
+def test_unchanged_catalogue_resend_is_not_encoded_again(worker):
+    bootstrap = worker.env["STREAM_APP_KAFKA_BOOTSTRAP"]
+    items = load_catalogue()[:5]
+    before = worker.stats() or {}
+    asyncio.run(produce(bootstrap, worker.topic("items"), [(i["item_id"], as_json(i)) for i in items]))
+    wait_until(lambda: (worker.stats() or {}).get("items_unchanged", 0) >= before["items_unchanged"] + 5, 60,
+               "the re-send", worker.proc)
+    changed = {**items[0], "text": items[0]["text"] + " Now in a new colour."}
+    asyncio.run(produce(bootstrap, worker.topic("items"), [(changed["item_id"], as_json(changed))]))
+    wait_until(lambda: (worker.stats() or {}).get("items_indexed", 0) > before["items_indexed"], 60, "the change",
+               worker.proc)
+    after = worker.stats() or {}
+    assert after["items_indexed"] == before["items_indexed"] + 1
+    assert after["items_unchanged"] == before["items_unchanged"] + 5
