@@ -272,7 +272,7 @@ class Pipeline:
             affinity = np.concatenate([np.fromiter(text[u].values(), float, len(text[u])), extra_text])
             ranked = collab.rerank(candidates, affinity, self.collab, recent[u], self.cparams, set(recent[u]), k)
             strategy = "blend" if len(weights) else "popular"
-            items = [{"item_id": i, "score": round(sc, 6), "title": payloads.get(i, {}).get("title", "")}
+            items = [{"item_id": i, "score": float(f"{sc:.6g}"), "title": payloads.get(i, {}).get("title", "")}
                      for i, sc in ranked]
             out[u] = Recommendation(u, items, strategy, [round(float(w), 4) for w in weights])
         for user_id, rec in out.items():
