@@ -10,7 +10,7 @@ import logging
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -84,17 +84,23 @@ async def send_dead_letter(topic: faust.TopicT, event: EventT, reason: str) -> N
     log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
 
 
+async def run_batches(stream: faust.StreamT, handle: Callable[[list[EventT]], Awaitable[None]],
+                      dlq: faust.TopicT) -> None:
+    """Feed the stream to handle() in batches; a batch that fails unexpectedly is dead-lettered, the agent goes on."""
+    async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
+        try:
+            await handle(events)
+        except Exception as exc:  # noqa: BLE001 - an unexpected failure must not stop the agent
+            log.exception("batch of %d from %s failed; dead-lettering it", len(events), events[0].message.topic)
+            for event in events:
+                await send_dead_letter(dlq, event, f"processing failed: {type(exc).__name__}: {exc}")
+
+
 @app.agent(items_topic)
 async def index_items(stream: faust.StreamT) -> None:
     """Catalogue events: encode new or changed items in batches, upsert them, delete deleted ones."""
     await pipeline.start()
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
-        try:
-            await handle_items_batch(events)
-        except Exception as exc:  # noqa: BLE001 - an unexpected failure must not stop the agent
-            log.exception("items batch of %d failed; dead-lettering it", len(events))
-            for event in events:
-                await send_dead_letter(items_dlq, event, f"processing failed: {type(exc).__name__}: {exc}")
+    await run_batches(stream, handle_items_batch, items_dlq)
 
 
 async def handle_items_batch(events: list[EventT]) -> None:
@@ -133,13 +139,7 @@ async def handle_items_batch(events: list[EventT]) -> None:
 async def process_behaviour(stream: faust.StreamT) -> None:
     """Behaviour events: update each user's interest and push one recommendation per user per batch."""
     await pipeline.start()
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
-        try:
-            await handle_behaviour_batch(events)
-        except Exception as exc:  # noqa: BLE001 - an unexpected failure must not stop the agent
-            log.exception("behaviour batch of %d failed; dead-lettering it", len(events))
-            for event in events:
-                await send_dead_letter(behaviour_dlq, event, f"processing failed: {type(exc).__name__}: {exc}")
+    await run_batches(stream, handle_behaviour_batch, behaviour_dlq)
 
 
 def load_state(user_id: str, raw: bytes | None) -> UserState:

@@ -30,6 +30,7 @@ Protocol
 from __future__ import annotations
 
 import argparse
+from abc import ABC, abstractmethod
 import hashlib
 import itertools
 import json
@@ -137,16 +138,18 @@ class Replay:
         self.history = [[] for _ in range(self.data.n_users)]
 
 
-class Model:
+class Model(ABC):
     """A recommender in the replay: observe() each applied event, scores() over all items for a query."""
 
     name = "model"
 
+    @abstractmethod
     def observe(self, ctx: Replay, pos: int) -> None:
-        raise NotImplementedError
+        """Take the replayed event at position pos into account."""
 
+    @abstractmethod
     def scores(self, ctx: Replay, user: int, now: float) -> np.ndarray:
-        raise NotImplementedError
+        """A score for every item for this user now (higher is better; -inf = not ranked)."""
 
 
 class MostPopular(Model):

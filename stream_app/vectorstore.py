@@ -6,8 +6,9 @@ in the payload under ITEM_ID_KEY. Vectors are unit-norm and compared by cosine.
 The embedded engine (qdrant-edge-py) holds the GIL for the whole of every call (measured: a
 heartbeat thread got 1 tick during a 3 s optimize()), so a thread executor would still freeze the
 event loop. It therefore runs in one dedicated worker process (a plain subprocess, so the parent's
-__main__ is never re-imported as multiprocessing's spawn would), fed pickled calls over a pipe by one
-dedicated thread: calls are serialised and the event loop only awaits a future.
+__main__ is never re-imported as multiprocessing's spawn would), fed calls over a pipe by one dedicated
+thread: calls are serialised and the event loop only awaits a future. The pipe carries length-prefixed JSON
+(function names from a fixed list, arrays as raw float32 bytes), never pickle: nothing on it can run code.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import pickle
+import base64
+import json
+import struct
 import signal
 import subprocess
 import sys
@@ -119,26 +122,70 @@ class WorkerDied(RuntimeError):
     """The embedded store's worker process exited or its pipe broke."""
 
 
+_ERRORS: dict[str, type[Exception]] = {e.__name__: e for e in (ValueError, TypeError, KeyError, RuntimeError)}
+
+
+def _to_wire(obj: Any) -> Any:
+    """JSON-ready form of call arguments and results: arrays and tuples are tagged, dicts and lists recursed."""
+    if isinstance(obj, np.ndarray):
+        return {"__nd__": [str(obj.dtype), list(obj.shape), base64.b64encode(np.ascontiguousarray(obj)).decode()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_to_wire(x) for x in obj]}
+    if isinstance(obj, list):
+        return [_to_wire(x) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): _to_wire(v) for k, v in obj.items()}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _from_wire(obj: Any) -> Any:
+    """Inverse of _to_wire."""
+    if isinstance(obj, list):
+        return [_from_wire(x) for x in obj]
+    if isinstance(obj, dict):
+        if "__nd__" in obj:
+            dtype, shape, data = obj["__nd__"]
+            return np.frombuffer(base64.b64decode(data), dtype=np.dtype(dtype)).reshape(shape).copy()
+        if "__tuple__" in obj:
+            return tuple(_from_wire(x) for x in obj["__tuple__"])
+        return {k: _from_wire(v) for k, v in obj.items()}
+    return obj
+
+
+def _send(stream: Any, message: Any) -> None:
+    data = json.dumps(_to_wire(message), separators=(",", ":")).encode()
+    stream.write(struct.pack("<Q", len(data)) + data)
+    stream.flush()
+
+
+def _receive(stream: Any) -> Any:
+    header = stream.read(8)
+    if len(header) < 8:
+        raise EOFError("pipe closed")
+    (size,) = struct.unpack("<Q", header)
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("pipe closed mid-message")
+    return _from_wire(json.loads(data))
+
+
 def worker_main() -> None:
-    """Worker process loop: read pickled (function, args), run it, write ("ok"|"err", value); EOF ends it."""
+    """Worker process loop: read (function name, args), run it, write ("ok"|"err", value); EOF ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent closes us
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must never corrupt the reply channel
     while True:
         try:
-            fn, args = pickle.load(inp)
+            name, args = _receive(inp)
         except EOFError:
             break
         try:
-            reply: tuple[str, Any] = ("ok", fn(*args))
+            reply: tuple[str, Any] = ("ok", _WORKER_FUNCTIONS[name](*args))
         except Exception as exc:  # returned to the caller and re-raised there
-            reply = ("err", exc)
-        try:
-            data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            data = pickle.dumps(("err", RuntimeError(repr(reply[1]))), protocol=pickle.HIGHEST_PROTOCOL)
-        out.write(data)
-        out.flush()
+            reply = ("err", [type(exc).__name__, str(exc)])
+        _send(out, reply)
     _w_close()
 
 
@@ -159,13 +206,13 @@ class _Worker:
     def call(self, fn: Callable[..., Any], args: tuple) -> Any:
         """Run fn(*args) in the worker and return its result (or raise its exception)."""
         try:
-            pickle.dump((fn, args), self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            self.proc.stdin.flush()
-            status, value = pickle.load(self.proc.stdout)
-        except (EOFError, OSError, pickle.UnpicklingError) as exc:
+            _send(self.proc.stdin, [fn.__name__, list(args)])
+            status, value = _receive(self.proc.stdout)
+        except (EOFError, OSError, ValueError) as exc:
             raise WorkerDied(f"qdrant-edge worker exited (code {self.proc.poll()})") from exc
         if status == "err":
-            raise value
+            kind, message = value
+            raise _ERRORS.get(kind, RuntimeError)(message if kind in _ERRORS else f"{kind}: {message}")
         return value
 
     def stop(self) -> None:
@@ -291,6 +338,12 @@ def _w_close() -> None:
     if shard is not None:
         shard.flush()
         shard.close()
+
+
+_WORKER_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    f.__name__: f
+    for f in (_w_ensure, _w_upsert, _w_optimize, _w_delete, _w_get_vectors, _w_get_payloads, _w_search, _w_count)
+}
 
 
 class EmbeddedItemStore:
