@@ -171,7 +171,9 @@ def cooc_scores(state: CollabState, recent: Sequence[str], params: CollabParams)
     beta = params.neighbour_pop_exponent
     if beta:
         for j in acc:
-            acc[j] /= count[j] ** beta
+            n_j = count.get(j)
+            if n_j:  # a neighbour this process never counted (its user's history predates a restart) stays raw
+                acc[j] /= n_j**beta
     return acc
 
 

@@ -103,3 +103,13 @@ def test_params_validate_and_read_settings() -> None:
     with pytest.raises(ValueError):
         CollabParams(window=0)
     assert isinstance(CollabParams.from_settings(Settings()), CollabParams)
+
+
+def test_history_older_than_the_counters_is_scored_without_error():
+    """After a restart the counters are empty but users' recent items (from the state table) are not."""
+    p = CollabParams()
+    state = CollabState()
+    collab.observe(state, "new", ["old-1", "old-2"], 1767225600.0, p)  # old-* were never counted by this process
+    scores = collab.cooc_scores(state, ["new"], p)  # neighbours without a count used to raise KeyError
+    assert set(scores) == {"old-1", "old-2"} and min(scores.values()) > 0
+    assert collab.top_cooc(state, ["old-2", "new"], p, 5)[0] in {"old-1", "old-2"}

@@ -18,6 +18,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -74,6 +75,27 @@ def as_json(obj: dict) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode()
 
 
+def start_worker(env: dict[str, str], data, web: str) -> Worker:
+    """`stream-app worker` as a child process, returned once its web view answers."""
+    with open(data / "worker.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker", "--loglevel", "warn"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    w = Worker(env, proc, web)
+    wait_until(lambda: w.stats() is not None, 180, "the web view", proc)
+    return w
+
+
+def stop_worker(w: Worker) -> None:
+    """Stop the worker the way an operator would (SIGTERM), killing it only if it hangs."""
+    if w.proc.poll() is None:
+        os.killpg(w.proc.pid, signal.SIGTERM)
+        try:
+            w.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(w.proc.pid, signal.SIGKILL)
+            w.proc.wait()
+
+
 @pytest.fixture(scope="module")
 def worker(kafka_bootstrap: str, tmp_path_factory) -> Iterator[Worker]:
     """A real worker on private topics, fed the whole sample catalogue, indexed before the tests start."""
@@ -94,27 +116,15 @@ def worker(kafka_bootstrap: str, tmp_path_factory) -> Iterator[Worker]:
         "STREAM_APP_WEB_PORT": str(port),
         "STREAM_APP_TOPIC_PARTITIONS": "2",
     }
-    log = open(data / "worker.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker", "--loglevel", "warn"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    w = Worker(env, proc, f"http://127.0.0.1:{port}")
+    w = start_worker(env, data, f"http://127.0.0.1:{port}")
     try:
-        wait_until(lambda: w.stats() is not None, 180, "the web view", proc)
         catalogue = load_catalogue()
         asyncio.run(produce(kafka_bootstrap, w.topic("items"),
                             [(i["item_id"], as_json(i)) for i in catalogue]))
-        wait_until(lambda: (w.stats() or {}).get("items_indexed", 0) >= len(catalogue), 300, "indexing", proc)
+        wait_until(lambda: (w.stats() or {}).get("items_indexed", 0) >= len(catalogue), 300, "indexing", w.proc)
         yield w
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-        if proc.returncode not in (0, -signal.SIGTERM, None):
-            print((data / "worker.log").read_text()[-5000:])
+        stop_worker(w)
 
 
 async def play_and_collect(w: Worker, events: list[dict], timeout: float = 60) -> list[dict]:
@@ -271,3 +281,22 @@ def test_unchanged_catalogue_resend_is_not_encoded_again(worker):
     after = worker.stats() or {}
     assert after["items_indexed"] == before["items_indexed"] + 1
     assert after["items_unchanged"] == before["items_unchanged"] + 5
+
+
+def test_a_restarted_worker_keeps_user_state_and_catalogue(worker):
+    """Runs last: stop the worker, start a new one on the same data dir and topics; users carry on."""
+    user = f"restart-{uuid.uuid4().hex[:6]}"
+    case = ids_by_title("Spigen Tough Armor Case")
+    asyncio.run(play_and_collect(worker, [ev(user, "view", case), ev(user, "purchase", case, minute=1)]))
+    stop_worker(worker)
+    assert worker.proc.returncode is not None
+    data = worker.env["STREAM_APP_DATA_DIR"]
+    fresh = start_worker(worker.env, Path(data), worker.web)
+    worker.proc = fresh.proc  # the fixture stops whatever runs last
+    charger = ids_by_title("Anker")
+    recs = asyncio.run(play_and_collect(worker, [ev(user, "view", charger, minute=2)], timeout=120))
+    last = recs[-1]
+    assert last["strategy"] == "blend"
+    assert {case, charger}.isdisjoint(i["item_id"] for i in last["items"])  # the history survived the restart
+    with urllib.request.urlopen(f"{worker.web}/users/{user}/", timeout=10) as r:
+        assert json.loads(r.read())["events"] == 3
