@@ -185,14 +185,24 @@ class Pipeline:
             self.metrics.items_indexed += len(upserts)
 
     # ---- behaviour ----------------------------------------------------------------------------------------
+    async def item_vectors_for(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored vectors of the ids that exist: from the LRU cache, the rest in one store call (then cached)."""
+        assert self.store is not None
+        found: dict[str, np.ndarray] = {}
+        for item_id in item_ids:
+            vec = self.item_vectors.get(item_id)
+            if vec is not None:
+                found[item_id] = vec
+        missing = sorted(set(item_ids) - found.keys())
+        if missing:
+            for item_id, vec in (await self.store.get_vectors(missing)).items():
+                found[item_id] = np.asarray(vec, np.float32)
+                self.item_vectors.put(item_id, found[item_id])
+        return found
+
     async def event_vectors(self, events: Sequence[BehaviourEvent]) -> list[np.ndarray | UnknownItem]:
         """One vector per event: the item's stored vector, the encoded free text, or their mean for a review."""
-        assert self.store is not None
-        missing = sorted({e.item_id for e in events if e.item_id and self.item_vectors.get(e.item_id) is None})
-        if missing:
-            found = await self.store.get_vectors(missing)
-            for item_id, vec in found.items():
-                self.item_vectors.put(item_id, np.asarray(vec, np.float32))
+        item_vecs = await self.item_vectors_for([e.item_id for e in events if e.item_id])
         text_events = [e for e in events if e.text]
         queries = [e for e in text_events if e.type == "search"]
         passages = [e for e in text_events if e.type != "search"]
@@ -203,7 +213,7 @@ class Pipeline:
                     text_vecs[id(e)] = vec
         out: list[np.ndarray | UnknownItem] = []
         for e in events:
-            item_vec = self.item_vectors.get(e.item_id) if e.item_id else None
+            item_vec = item_vecs.get(e.item_id) if e.item_id else None
             text_vec = text_vecs.get(id(e))
             if item_vec is not None and text_vec is not None:
                 mean = item_vec + text_vec
@@ -237,7 +247,7 @@ class Pipeline:
         recent = {u: consumed_items(s) for u, s in states.items()}
         owners = [u for u in states if len(slots[u][1])]
         # Post-filter instead of per-user Qdrant filters: one batched call, exact while limit >= k + |consumed|.
-        limit = k + max((len(recent[u]) for u in owners), default=0)
+        limit = k + max((len(recent[u]) for u in states), default=0)
         hits_by_row = []
         if owners:
             hits_by_row = await self.store.search(np.concatenate([slots[u][0] for u in owners]).astype(np.float32), limit)
@@ -251,22 +261,19 @@ class Pipeline:
             payloads.update({h.item_id: h.payload for hits in hit_lists for h in hits})
             text[u] = dict(merge_slot_hits([[(h.item_id, h.score) for h in hits] for hits in hit_lists], slots[u][1],
                                            set(recent[u]), limit))
-        popular = collab.top_popular(self.collab, k + limit)
+        popular = collab.top_popular(self.collab, limit)  # enough for k after any user's exclusions
         extras = {u: [i for i in dict.fromkeys(collab.top_cooc(self.collab, recent[u], self.cparams, k) + popular)
                       if i not in text[u]] for u in states}
         # Counter items come from the stream, not the store: keep only those the catalogue still holds.
         wanted = sorted({i for lst in extras.values() for i in lst} - payloads.keys())
         if wanted:
             payloads.update(await self.store.get_payloads(wanted))
-        need_vectors = sorted({i for u in owners for i in extras[u] if i in payloads and self.item_vectors.get(i) is None})
-        if need_vectors:
-            for item_id, vec in (await self.store.get_vectors(need_vectors)).items():
-                self.item_vectors.put(item_id, np.asarray(vec, np.float32))
+        extra_vectors = await self.item_vectors_for(sorted({i for u in owners for i in extras[u] if i in payloads}))
         out: dict[str, Recommendation] = {}
         for u in states:
-            pool_extra = [i for i in extras[u] if i in payloads]
             vecs, weights = slots[u]
-            extra_text = collab.text_affinity(np.stack([self.item_vectors.get(i) for i in pool_extra]), vecs, weights) \
+            pool_extra = [i for i in extras[u] if i in payloads and (i in extra_vectors or not len(weights))]
+            extra_text = collab.text_affinity(np.stack([extra_vectors[i] for i in pool_extra]), vecs, weights) \
                 if pool_extra and len(weights) else np.zeros(len(pool_extra))
             candidates = list(text[u]) + pool_extra
             affinity = np.concatenate([np.fromiter(text[u].values(), float, len(text[u])), extra_text])

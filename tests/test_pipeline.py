@@ -27,9 +27,10 @@ def event(user: str, kind: str, item: str | None = None, text: str | None = None
     return BehaviourEvent(f"{user}-{kind}-{item}-{ts}", user, kind, item, text, ts)
 
 
-@pytest.fixture
-async def pipeline(tmp_path):
-    settings = Settings(data_dir=tmp_path, top_k=3)  # the default, multilingual model
+@pytest.fixture(params=[20_000, 0], ids=["cached", "no-cache"])
+async def pipeline(tmp_path, request):
+    # item_cache_size=0 is allowed: every vector then comes from the store, nothing may rely on the cache.
+    settings = Settings(data_dir=tmp_path, top_k=3, item_cache_size=request.param)  # the default, multilingual model
     encoder = TextEncoder(ensure_model(settings), int8=False)
     p = Pipeline(settings, encoder=encoder)
     await p.start()
@@ -69,8 +70,8 @@ async def test_cold_user_gets_popular_items_and_deleted_ones_never(pipeline):
     for n, user in enumerate(["a", "b", "c"]):
         await fold(pipeline, [event(user, "purchase", "t3", ts=1767225600.0 + n), event(user, "view", "b1", ts=1767225700.0 + n)],
                    states)
-    only_dislike = {"cold": pipeline.update_state(new_state(pipeline.dim), [event("cold", "dislike", "p1")],
-                                                  [pipeline.item_vectors.get("p1")])}
+    p1 = (await pipeline.item_vectors_for(["p1"]))["p1"]
+    only_dislike = {"cold": pipeline.update_state(new_state(pipeline.dim), [event("cold", "dislike", "p1")], [p1])}
     rec = (await pipeline.recommend(only_dislike, now=1767225800.0))["cold"]
     assert rec.strategy == "popular"
     assert [i["item_id"] for i in rec.items[:2]] in (["t3", "b1"], ["b1", "t3"])
