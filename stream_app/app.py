@@ -181,6 +181,8 @@ async def handle_behaviour_batch(events: list[EventT]) -> None:
         with event_context(last_event):
             user_state[user_id] = encode_state(state)
         states[user_id] = state
+    if not states:  # every event was dead-lettered above
+        return
 
     recommendations = await pipeline.recommend(states, now=max(s.last_ts for s in states.values()))
     sent_at = time.time()

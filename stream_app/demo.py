@@ -67,9 +67,9 @@ async def play(settings: Settings, proc: subprocess.Popen) -> list[float]:
     await producer.start()
     await consumer.start()
     try:
-        parts = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - partitions of a topic that may not exist yet
-        n = len(parts.partitions_for_topic(settings.recommendations_topic) or []) or settings.topic_partitions
-        tps = [TopicPartition(settings.recommendations_topic, p) for p in range(n)]
+        await consumer.topics()  # refreshes metadata; the worker declared the topic before it started
+        parts = consumer.partitions_for_topic(settings.recommendations_topic) or range(settings.topic_partitions)
+        tps = [TopicPartition(settings.recommendations_topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
 

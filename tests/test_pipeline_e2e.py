@@ -300,3 +300,26 @@ def test_a_restarted_worker_keeps_user_state_and_catalogue(worker):
     assert {case, charger}.isdisjoint(i["item_id"] for i in last["items"])  # the history survived the restart
     with urllib.request.urlopen(f"{worker.web}/users/{user}/", timeout=10) as r:
         assert json.loads(r.read())["events"] == 3
+
+
+def test_an_event_for_an_unknown_item_is_dead_lettered_once(worker):
+    bootstrap = worker.env["STREAM_APP_KAFKA_BOOTSTRAP"]
+    user = f"unknown-{uuid.uuid4().hex[:6]}"
+
+    async def scenario() -> list[dict]:
+        await produce(bootstrap, worker.topic("behaviour"), [(user, as_json(ev(user, "view", "sku-does-not-exist")))])
+        await asyncio.sleep(1.0)  # handled alone, in a batch of its own
+        await play_and_collect(worker, [ev(user, "view", ids_by_title("Hoka Clifton 9"), minute=1)])
+        dlq = AIOKafkaConsumer(worker.topic("dlq"), bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                               group_id=None)
+        await dlq.start()
+        dead: list[dict] = []
+        try:
+            while batches := await dlq.getmany(timeout_ms=3000):
+                dead += [rec for msgs in batches.values() for m in msgs if (rec := json.loads(m.value))["key"] == user]
+        finally:
+            await dlq.stop()
+        return dead
+
+    dead = asyncio.run(scenario())
+    assert [d["reason"] for d in dead] == ["unknown or deleted item_id 'sku-does-not-exist'"]
