@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -85,14 +85,10 @@ class Metrics:
         return float(np.percentile(np.fromiter(self.latencies_ms, float), q))
 
     def snapshot(self) -> dict[str, Any]:
+        """Every counter plus latency percentiles, as the /stats/ page shows them."""
+        counters = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("latencies_ms", "started_at")}
         return {
-            "events": self.events,
-            "batches": self.batches,
-            "recommendations": self.recommendations,
-            "dead_letters": self.dead_letters,
-            "items_indexed": self.items_indexed,
-            "items_deleted": self.items_deleted,
-            "items_unchanged": self.items_unchanged,
+            **counters,
             "latency_ms_p50": self.percentile(50),
             "latency_ms_p95": self.percentile(95),
             "latency_ms_p99": self.percentile(99),
