@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="An exported model folder; overrides model_name + model_cache.")
     model_cache: Path = Field(default_factory=default_model_cache)
     encoder_int8: bool = Field(False, description="CPU only: the static int8 graph instead of fp32 (faster, but reorders "
-                               "~8% of top-10 neighbours; fp32 is served by default, see README Encoders).")
+                               "8-10% of top-10 neighbours; fp32 is served by default, see README Encoders).")
     encoder_provider: str = Field("auto", description="auto (CUDA when available), cuda or cpu.")
     encoder_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime decide.")
     encoder_batch_size: int = Field(64, ge=1)
