@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from pathlib import Path
@@ -188,12 +189,19 @@ def test_load_encoder_uses_settings(model_dir: Path) -> None:
     assert_unit_rows(enc.encode(["hello", "world"]), 384)
 
 
+@functools.lru_cache(maxsize=2)
+def fp32_reference(model: str) -> dict[str, np.ndarray]:
+    """fp32 vectors of the held-out evaluation sets for one model (computed once per session)."""
+    fp32 = TextEncoder(ensure_model(Settings(model_name=model, model_dir=None)), int8=False, provider="cpu")
+    return {name: fp32.encode(texts) for name, texts in evaluation_sets().items()}
+
+
 def test_served_default_encoder_keeps_neighbours_and_is_batch_invariant() -> None:
     """The graph the default settings serve (issue 8's bar): top-10 overlap with fp32 >= 0.95, alone vs batch >= 0.999."""
     served = load_encoder(Settings(model_dir=None, encoder_provider="cpu"))
-    fp32 = TextEncoder(ensure_model(Settings(model_dir=None)), int8=False, provider="cpu")
+    reference = fp32_reference(served.manifest.name)
     for name, texts in evaluation_sets().items():
-        f = measure(served.encode, fp32.encode(texts), texts)
+        f = measure(served.encode, reference[name], texts)
         print(f"{served.manifest.name} served ({'int8' if served.int8 else 'fp32'}) {name}: {f}")
         assert f.overlap >= 0.95, f"{name}: {f}"
         assert f.alone_vs_batch >= 0.999, f"{name}: {f}"
@@ -202,11 +210,10 @@ def test_served_default_encoder_keeps_neighbours_and_is_batch_invariant() -> Non
 @pytest.mark.parametrize("model", [MINILM, "multilingual-e5-small"])
 def test_int8_graph_is_batch_invariant_and_measured(model: str) -> None:
     """Every model's int8 graph gives a text the same vector alone and in a batch; its neighbour overlap is reported."""
-    model_dir = ensure_model(Settings(model_name=model, model_dir=None))
-    fp32 = TextEncoder(model_dir, int8=False, provider="cpu")
-    int8 = TextEncoder(model_dir, int8=True, provider="cpu")
+    int8 = TextEncoder(ensure_model(Settings(model_name=model, model_dir=None)), int8=True, provider="cpu")
+    reference = fp32_reference(model)
     for name, texts in evaluation_sets().items():
-        f = measure(int8.encode, fp32.encode(texts), texts)
+        f = measure(int8.encode, reference[name], texts)
         print(f"{model} int8 {name}: {f}")
         assert f.alone_vs_batch >= 0.999, f"{name}: {f}"
         assert f.mean_cos >= 0.99, f"{name}: {f}"
