@@ -20,22 +20,37 @@ from faust.types import EventT
 
 from stream_app.events import BehaviourEvent, EventError, dead_letter, parse_behaviour, parse_item
 from stream_app.interest import UserState, decode_state, encode_state, new_state
+from stream_app.kafka_security import client_kwargs, faust_credentials
 from stream_app.pipeline import Pipeline, UnknownItem, item_fingerprint
+from stream_app.logfilter import install_connection_error_filter
 from stream_app.settings import get_settings
 from stream_app.web import register_pages
 
 log = logging.getLogger(__name__)
 settings = get_settings()
+install_connection_error_filter(settings.log_repeat_interval_s)
+# Faust creates <data_dir>/faust but not its parents; a fresh deployment's data dir may not exist yet.
+settings.data_dir.mkdir(parents=True, exist_ok=True)
 
 app = faust.App(
     settings.app_id,
     broker=f"kafka://{settings.kafka_bootstrap}",
+    broker_credentials=faust_credentials(settings),
     store=settings.table_store,
     datadir=str(settings.data_dir / "faust"),
     topic_partitions=settings.topic_partitions,
     consumer_auto_offset_reset="earliest",
+    # Static membership: a restarted worker with the same id takes its partitions back without waiting for the
+    # dead one's session to expire (a SIGKILLed worker used to wait ~60 s).
+    consumer_group_instance_id=settings.group_instance_id(),
+    broker_session_timeout=settings.kafka_session_timeout_s,
+    broker_heartbeat_interval=settings.kafka_session_timeout_s / 4,
     web_port=settings.web_port,
     web_host=settings.web_host,
+    web_bind=settings.web_bind,
+    # Faust's own /table/ (raw table rows) and /router/ (cluster layout) views; table_route does not need them.
+    web_tables_enabled=settings.web_debug_views,
+    web_router_enabled=settings.web_debug_views,
     producer_linger_ms=1,
 )
 
@@ -215,7 +230,7 @@ async def declare_topics() -> None:
 
     wanted = {t.get_topic_name(): t.partitions or settings.topic_partitions
               for t in (items_topic, behaviour_topic, recommendations_topic, behaviour_dlq, items_dlq)}
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
