@@ -34,7 +34,7 @@ def test_search_needs_text_and_keeps_chinese():
     ("raw", "reason"),
     [
         (b"{not json", "not valid JSON"),
-        (b"\xff\xfe", "not valid JSON"),
+        (b"\xff\xfe", "not valid UTF-8"),
         (b"[1, 2]", "expected a JSON object"),
         (b({"user_id": "u", "type": "view", "item_id": "x", "ts": 1}), "missing required field 'event_id'"),
         (b({"event_id": "e", "type": "view", "item_id": "x", "ts": 1}), "missing required field 'user_id'"),
