@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -26,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pydantic import SecretStr
 
 from stream_app.interest import InterestParams, apply_event, decode_state, new_state
 from stream_app.sample_data import load_catalogue
@@ -280,8 +282,8 @@ def assert_states_match_offline_recomputation(w: Worker, events: list[dict], vec
                                        err_msg=f"{user}: {name}")
 
 
-def index_catalogue(w: Worker, items: list[dict]) -> None:
-    asyncio.run(produce_items(w.env["STREAM_APP_KAFKA_BOOTSTRAP"], w.topic("items"), items))
+def index_catalogue(w: Worker, items: list[dict], bootstrap: str) -> None:
+    asyncio.run(produce_items(bootstrap, w.topic("items"), items))
     w.wait_until(lambda: (w.stats() or {}).get("items_indexed", 0) >= len(items), 300, "indexing")
 
 
@@ -299,7 +301,7 @@ def test_sigkill_mid_stream_loses_nothing_applies_nothing_twice_and_recovers_fas
     w.start()
     try:
         w.wait_until(lambda: w.stats() is not None, 180, "the web view")
-        index_catalogue(w, items)
+        index_catalogue(w, items, kafka_bootstrap)
 
         async def scenario() -> dict[str, float]:
             ledger = Ledger()
@@ -427,20 +429,84 @@ def log_records(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("[20")]
 
 
-def test_broker_restarted_mid_stream_loses_nothing_and_logs_the_outage_briefly(tmp_path):
-    """A private broker (this test stops it) goes away while the worker is busy, stays down, comes back."""
-    port = free_port_pair()
-    bootstrap = f"127.0.0.1:{port}"
-    kenv = {**os.environ, "STREAM_APP_KAFKA_BOOTSTRAP": bootstrap, "STREAM_APP_KAFKA_DIR": str(tmp_path / "kafka")}
-    kafka_script("start", kenv)
-    w = Worker(worker_env(bootstrap, tmp_path / "data"), tmp_path)
+@dataclass
+class PrivateBroker:
+    env: dict[str, str]  # for scripts/kafka.sh
+    plaintext: str  # bootstrap of the PLAINTEXT listener
+    sasl: str  # bootstrap of the SASL_PLAINTEXT listener
+    password: str  # of user "svc"
+
+    def settings(self, password: str | None = None, **overrides) -> dict[str, str]:
+        return {"STREAM_APP_KAFKA_BOOTSTRAP": self.sasl, "STREAM_APP_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "STREAM_APP_KAFKA_SASL_USERNAME": "svc",
+                "STREAM_APP_KAFKA_SASL_PASSWORD": self.password if password is None else password, **overrides}
+
+
+@pytest.fixture(scope="module")
+def private_broker(tmp_path_factory) -> PrivateBroker:
+    """A broker of this module's own (its tests stop it), with a SASL/PLAIN listener beside the PLAINTEXT one."""
+    port, sasl_port = free_port_pair(), free_port()
+    broker = PrivateBroker(
+        {**os.environ, "STREAM_APP_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
+         "STREAM_APP_KAFKA_DIR": str(tmp_path_factory.mktemp("kafka")), "KAFKA_SASL_PORT": str(sasl_port)},
+        f"127.0.0.1:{port}", f"127.0.0.1:{sasl_port}", "pw-" + uuid.uuid4().hex[:8])
+    broker.env["KAFKA_SASL_USERS"] = f"svc:{broker.password}"
+    kafka_script("start", broker.env)
+    yield broker
+    kafka_script("stop", broker.env)
+
+
+def test_kafka_clients_log_in_with_sasl_from_the_settings(private_broker):
+    """Admin, producer and consumer built from client_kwargs(Settings) talk SASL; a wrong password is refused."""
+    from stream_app.kafka_security import client_kwargs
+
+    good = Settings(**{k.removeprefix("STREAM_APP_").lower(): v for k, v in private_broker.settings().items()})
+    topic = f"sasl-{uuid.uuid4().hex[:8]}"
+
+    async def round_trip() -> bytes:
+        admin = AIOKafkaAdminClient(**client_kwargs(good))
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        finally:
+            await admin.close()
+        producer = AIOKafkaProducer(**client_kwargs(good))
+        consumer = AIOKafkaConsumer(topic, **client_kwargs(good), auto_offset_reset="earliest", group_id=None)
+        await producer.start()
+        await consumer.start()
+        try:
+            await producer.send_and_wait(topic, b"hello over SASL")
+            async with asyncio.timeout(60):
+                return (await consumer.getone()).value
+        finally:
+            await producer.stop()
+            await consumer.stop()
+
+    async def refused(settings: Settings) -> BaseException:
+        producer = AIOKafkaProducer(**client_kwargs(settings), request_timeout_ms=5000)
+        try:
+            with pytest.raises(Exception) as info:
+                await producer.start()
+            return info.value
+        finally:
+            await producer.stop()
+
+    assert asyncio.run(round_trip()) == b"hello over SASL"
+    error = asyncio.run(refused(good.model_copy(update={"kafka_sasl_password": SecretStr("wrong")})))
+    assert type(error).__module__.startswith("aiokafka"), repr(error)
+
+
+def test_broker_restarted_mid_stream_loses_nothing_and_logs_the_outage_briefly(private_broker, tmp_path):
+    """The broker goes away while a worker (talking SASL, configured by settings only) is busy, and comes back."""
+    bootstrap, kenv = private_broker.plaintext, private_broker.env  # the test's own clients use PLAINTEXT
+    w = Worker(worker_env(bootstrap, tmp_path / "data", **private_broker.settings()), tmp_path)
     items = load_catalogue()[:30]
     n_events, outage_s = 1000, 12.0
     events = make_events(n_events, n_events // 10, [i["item_id"] for i in items])
     try:
         w.start()
         w.wait_until(lambda: w.stats() is not None, 180, "the web view")
-        index_catalogue(w, items)
+        index_catalogue(w, items, bootstrap)
 
         async def until(ledger: Ledger, done, what: str, timeout: float = 180) -> None:
             recs, dlq = await open_readers(bootstrap, w)
@@ -480,11 +546,14 @@ def test_broker_restarted_mid_stream_loses_nothing_and_logs_the_outage_briefly(t
         back_s = next(iter(ledger.first_answer_after.values())) - next(iter(ledger.first_answer_after))
     finally:
         w.stop()
-        kafka_script("stop", kenv)
+    assert private_broker.password not in w.log_text()
     records = log_records(outage_log)
+    suppressed = sum(int(m) for m in re.findall(r"\[(\d+) more like this", outage_log))
     print(f"\nbroker restart: {n_events} events; broker down {down_s:.1f} s after {served_before} served; "
           f"first recommendation {back_s:.1f} s after the broker was back; all {n_events} accounted for "
-          f"({len(ledger.dead)} dead-lettered); {len(records)} log records while it was down")
+          f"({len(ledger.dead)} dead-lettered); {len(records)} log records while it was down "
+          f"({suppressed} identical ones folded into them)")
     assert not ledger.dead
     # Each kind of connection error once per STREAM_APP_LOG_REPEAT_INTERVAL_S (10 s) instead of thousands of lines.
     assert len(records) < 100, "\n".join(records[:200])
+
