@@ -74,6 +74,9 @@ def raw_table(name: str, help: str) -> faust.Table:
     # Faust derives the store's and the changelog's codecs from these attributes, read when the store opens.
     table.key_serializer = "raw"
     table.value_serializer = "raw"
+    # The changelog topic was made (with JSON keys) when the table was registered; a restore read the raw keys
+    # as JSON and never finished. Make it again with the raw codecs (Faust clones it only when the worker starts).
+    table.changelog_topic = table._new_changelog_topic()
     return table
 
 

@@ -129,8 +129,14 @@ def _str_field(value: dict[str, Any], name: str, *, required: bool, limit: int =
 
 def _text_field(value: dict[str, Any], name: str, *, required: bool) -> str | None:
     """A free-text field: at most MAX_TEXT_BYTES of UTF-8."""
-    v = _str_field(value, name, required=required, limit=MAX_TEXT_BYTES)
+    v = _str_field(value, name, required=required, limit=MAX_MESSAGE_BYTES)
     return None if v is None else _checked_text(v, name, MAX_TEXT_BYTES)
+
+
+def _show(v: Any) -> str:
+    """A value for a reason: repr, cut to 40 characters."""
+    r = repr(v) if not isinstance(v, int) or v.bit_length() < 128 else "a huge integer"
+    return r if len(r) <= 40 else r[:37] + "..."
 
 
 def parse_timestamp(v: Any) -> float:
@@ -149,7 +155,7 @@ def parse_timestamp(v: Any) -> float:
                 try:
                     dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
                 except ValueError:
-                    raise EventError(f"field 'ts' is neither epoch seconds nor ISO-8601: {v!r}") from None
+                    raise EventError(f"field 'ts' is neither epoch seconds nor ISO-8601: {_show(v)}") from None
                 if dt.tzinfo is None:
                     dt = dt.replace(tzinfo=timezone.utc)
                 ts = dt.timestamp()
@@ -158,9 +164,9 @@ def parse_timestamp(v: Any) -> float:
     except OverflowError:
         raise EventError("field 'ts' is out of range") from None
     if not math.isfinite(ts) or ts < 0:
-        raise EventError(f"field 'ts' is not a valid time: {v!r}")
+        raise EventError(f"field 'ts' is not a valid time: {_show(v)}")
     if ts > 1e11:  # epoch milliseconds slipped in: say so rather than guess
-        raise EventError(f"field 'ts' looks like milliseconds ({v!r}); send epoch seconds")
+        raise EventError(f"field 'ts' looks like milliseconds ({_show(v)}); send epoch seconds")
     return ts
 
 

@@ -107,6 +107,8 @@ async def _bisect(fn: Callable[[list[T]], Awaitable[Sequence[R]]], items: list[T
     while True:
         try:
             results = list(await retry_transient(lambda: fn(items), policy, what))
+            if len(results) != len(items):
+                raise RuntimeError(f"{what} returned {len(results)} results for {len(items)} items")
         except Exception as exc:  # noqa: BLE001 - judged below: retried, split, or returned as Failed
             if attempt < retries:
                 attempt += 1
@@ -120,6 +122,4 @@ async def _bisect(fn: Callable[[list[T]], Awaitable[Sequence[R]]], items: list[T
             mid = len(items) // 2
             return (await _bisect(fn, items[:mid], policy, what, policy.split_retries)
                     + await _bisect(fn, items[mid:], policy, what, policy.split_retries))
-        if len(results) != len(items):
-            raise RuntimeError(f"{what} returned {len(results)} results for {len(items)} items")
         return results
