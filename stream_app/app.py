@@ -29,12 +29,14 @@ from stream_app.pipeline import Pipeline, UnknownItem, item_fingerprint
 from stream_app.resilience import Failed, RateLimitedLog, RetryPolicy, process_resilient
 from stream_app.settings import get_settings
 from stream_app.web import register_pages
+from stream_app.webauth import warn_if_exposed
 
 log = logging.getLogger(__name__)
 settings = get_settings()
 install_connection_error_filter(settings.log_repeat_interval_s)
 # Faust creates <data_dir>/faust but not its parents; a fresh deployment's data dir may not exist yet.
 settings.data_dir.mkdir(parents=True, exist_ok=True)
+warn_if_exposed(settings)
 
 app = faust.App(
     settings.app_id,

@@ -346,7 +346,8 @@ def test_sigkill_mid_stream_loses_nothing_applies_nothing_twice_and_recovers_fas
           f"restart -> web view {t.get('web', float('nan')) - t['restart']:.1f} s, -> first recommendation "
           f"{recovery:.1f} s; all {N_EVENTS} accounted for ({t['dead']} dead-lettered, {t['answers']} lists) "
           f"{t['done'] - t['sent']:.1f} s after the first send")
-    assert recovery < 30, f"the restarted worker took {recovery:.1f} s to serve again"  # generous: 10 s is the goal
+    # Generous (the goal is 10 s on a quiet machine): without static membership it was the dead member's 60 s session.
+    assert recovery < 45, f"the restarted worker took {recovery:.1f} s to serve again"
     vectors = item_vectors(w, [i["item_id"] for i in items])
     assert_states_match_offline_recomputation(w, events, vectors)
 

@@ -133,3 +133,18 @@ def test_settings_offer_the_same_options_without_the_bootstrap():
     s = Settings(kafka_bootstrap="b:1", kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="u",
                  kafka_sasl_password="p")
     assert s.kafka_client_options() == {k: v for k, v in client_kwargs(s).items() if k != "bootstrap_servers"}
+
+
+def test_the_filter_sits_on_the_kafka_client_loggers_and_folds_their_repeats(caplog):
+    from stream_app.logfilter import install_connection_error_filter
+
+    installed = install_connection_error_filter(10.0)
+    for name in ("aiokafka", "aiokafka.conn", "aiokafka.consumer.fetcher", "aiokafka.consumer.group_coordinator",
+                 "faust.transport.drivers.aiokafka"):
+        assert installed in logging.getLogger(name).filters, name
+    assert install_connection_error_filter(10.0) is installed  # idempotent: one filter, not one per call
+    assert sum(isinstance(f, RepeatFilter) for f in logging.getLogger("aiokafka.conn").filters) == 1
+    with caplog.at_level(logging.WARNING, logger="aiokafka"):
+        for _ in range(1000):
+            logging.getLogger("aiokafka").error("Unable to update metadata from %s", [1])  # aiokafka.client logs here
+    assert len([r for r in caplog.records if r.name == "aiokafka"]) == 1
