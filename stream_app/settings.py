@@ -46,12 +46,13 @@ class Settings(BaseSettings):
                                                                      "after this long (Kafka's minimum is 6 s).")
     log_repeat_interval_s: float = Field(10.0, gt=0, description="Identical Kafka-client warnings/errors (e.g. the broker "
                                                                  "is down) are logged once per this interval.")
-    web_port: int = 6066
-    web_host: str = Field("127.0.0.1", description="Host name other workers use to reach this one's web view (advertised).")
+    # web_host is the name other workers use to reach this one's web view (advertised); web_bind what it listens on.
     web_bind: str = Field("127.0.0.1", description="Interface the web server listens on; 0.0.0.0 exposes it to the network.")
     web_token: SecretStr = Field(SecretStr(""), description="Bearer token for pages showing a user's data (then asked of every "
                                                           "client); empty = served to loopback clients only.")
     web_debug_views: bool = Field(False, description="Serve Faust's /table/ and /router/ views (they show raw table data).")
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
     batch_size: int = Field(64, ge=1, description="Events taken per batch by the agents (stream.take).")
     batch_timeout_s: float = Field(0.02, gt=0, description="Longest wait to fill a batch before processing it.")
 
