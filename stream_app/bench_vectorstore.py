@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_app.vectorstore import EmbeddedItemStore, ItemRecord
+from stream_app.adapters.vectorstore import EmbeddedItemStore, ItemRecord
 
 LOAD_CHUNK = 5000
 

@@ -25,7 +25,7 @@ from stream_app.collab import CollabParams, CollabState
 from stream_app.interest import InterestParams, UserState, apply_event, consumed_items, interest_vectors
 from stream_app.ranking import merge_slot_hits
 from stream_app.settings import Settings
-from stream_app.vectorstore import ItemRecord, ItemStore, open_item_store
+from stream_app.adapters.vectorstore import ItemRecord, ItemStore, open_item_store
 
 log = logging.getLogger(__name__)
 

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = None
     qdrant_collection: str = "items"
     item_cache_size: int = Field(20_000, ge=0, description="Item vectors kept in memory to avoid a store round trip.")
+    store_timeout_s: float = Field(30.0, gt=0, description="Deadline of every vector-store call (an index build gets its own); a stuck embedded store is restarted.")
 
     # --- Encoder -----------------------------------------------------------------------------
     model_name: str = Field("multilingual-e5-small", description="Model folder name: multilingual-e5-small or all-MiniLM-L6-v2.")
