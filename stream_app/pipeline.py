@@ -41,18 +41,18 @@ def item_fingerprint(item: ItemEvent) -> str:
 
 @dataclass
 class LRUCache:
-    """A bounded map of item_id -> vector (the hot part of the catalogue, saving store round trips)."""
+    """A bounded map of item_id -> ItemRecord (the hot part of the catalogue, saving store round trips)."""
 
     capacity: int
-    data: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
+    data: OrderedDict[str, ItemRecord] = field(default_factory=OrderedDict)
 
-    def get(self, key: str) -> np.ndarray | None:
+    def get(self, key: str) -> ItemRecord | None:
         value = self.data.get(key)
         if value is not None:
             self.data.move_to_end(key)
         return value
 
-    def put(self, key: str, value: np.ndarray) -> None:
+    def put(self, key: str, value: ItemRecord) -> None:
         if self.capacity <= 0:
             return
         self.data[key] = value
@@ -75,23 +75,35 @@ class Metrics:
     items_indexed: int = 0
     items_deleted: int = 0
     items_unchanged: int = 0
+    encoded_texts: int = 0
+    encoder_calls: int = 0
+    encoder_s: float = 0.0
+    encoder_batch_max: int = 0
+    store_searches: int = 0
+    store_record_calls: int = 0
+    cache_hits: int = 0
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+    search_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
     started_at: float = field(default_factory=time.time)
 
-    def percentile(self, q: float) -> float | None:
-        """The q-th percentile (0..100) of recent event -> recommendation latencies, in ms."""
-        if not self.latencies_ms:
+    def percentile(self, q: float, window: deque[float] | None = None) -> float | None:
+        """The q-th percentile (0..100) of recent event -> recommendation latencies (or of `window`), in ms."""
+        window = self.latencies_ms if window is None else window
+        if not window:
             return None
-        return float(np.percentile(np.fromiter(self.latencies_ms, float), q))
+        return float(np.percentile(np.fromiter(window, float), q))
 
     def snapshot(self) -> dict[str, Any]:
-        """Every counter plus latency percentiles, as the /stats/ page shows them."""
-        counters = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("latencies_ms", "started_at")}
+        """Every counter plus latency and search-time percentiles, as the /stats/ page shows them."""
+        counters = {f.name: getattr(self, f.name) for f in fields(self)
+                    if f.name != "started_at" and not isinstance(getattr(self, f.name), deque)}
         return {
             **counters,
             "latency_ms_p50": self.percentile(50),
             "latency_ms_p95": self.percentile(95),
             "latency_ms_p99": self.percentile(99),
+            "search_ms_p50": self.percentile(50, self.search_ms),
+            "search_ms_p99": self.percentile(99, self.search_ms),
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 
@@ -156,7 +168,14 @@ class Pipeline:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._encoder_pool, lambda: self.encoder.encode(list(texts), kind=kind))
+        t0 = time.perf_counter()
+        vectors = await loop.run_in_executor(self._encoder_pool, self.encoder.encode, list(texts), kind)
+        m = self.metrics
+        m.encoder_s += time.perf_counter() - t0
+        m.encoded_texts += len(texts)
+        m.encoder_calls += 1
+        m.encoder_batch_max = max(m.encoder_batch_max, len(texts))
+        return vectors
 
     # ---- items --------------------------------------------------------------------------------------------
     async def index_items(self, items: Sequence[ItemEvent]) -> None:
@@ -176,25 +195,32 @@ class Pipeline:
             vectors = await self.encode([item.document() for item in upserts], kind="passage")
             records = [ItemRecord(item.item_id, vec, item.payload()) for item, vec in zip(upserts, vectors)]
             await self.store.upsert(records)
-            for item, vec in zip(upserts, vectors):
-                self.item_vectors.put(item.item_id, vec)
+            for record in records:
+                self.item_vectors.put(record.item_id, record)
             self.metrics.items_indexed += len(upserts)
 
     # ---- behaviour ----------------------------------------------------------------------------------------
-    async def item_vectors_for(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
-        """Stored vectors of the ids that exist: from the LRU cache, the rest in one store call (then cached)."""
+    async def records_for(self, item_ids: Sequence[str]) -> dict[str, ItemRecord]:
+        """Stored records (vector + payload) of the ids that exist: LRU cache first, the rest in one get_records."""
         assert self.store is not None
-        found: dict[str, np.ndarray] = {}
+        found: dict[str, ItemRecord] = {}
+        cache = self.item_vectors
         for item_id in item_ids:
-            vec = self.item_vectors.get(item_id)
-            if vec is not None:
-                found[item_id] = vec
+            record = cache.get(item_id)
+            if record is not None:
+                found[item_id] = record
+        self.metrics.cache_hits += len(found)
         missing = sorted(set(item_ids) - found.keys())
         if missing:
-            for item_id, vec in (await self.store.get_vectors(missing)).items():
-                found[item_id] = np.asarray(vec, np.float32)
-                self.item_vectors.put(item_id, found[item_id])
+            self.metrics.store_record_calls += 1
+            for item_id, record in (await self.store.get_records(missing)).items():
+                found[item_id] = record
+                cache.put(item_id, record)
         return found
+
+    async def item_vectors_for(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored vectors of the ids that exist (see records_for)."""
+        return {i: r.vector for i, r in (await self.records_for(item_ids)).items()}
 
     async def event_vectors(self, events: Sequence[BehaviourEvent]) -> list[np.ndarray | UnknownItem]:
         """One vector per event: the item's stored vector, the encoded free text, or their mean for a review."""
@@ -246,7 +272,12 @@ class Pipeline:
         limit = k + max((len(recent[u]) for u in states), default=0)
         hits_by_row = []
         if owners:
-            hits_by_row = await self.store.search(np.concatenate([slots[u][0] for u in owners]).astype(np.float32), limit)
+            t0 = time.perf_counter()
+            # Hits carry the title only (what the list shows); the rest of the payload stays in the store.
+            hits_by_row = await self.store.search(np.concatenate([slots[u][0] for u in owners]).astype(np.float32),
+                                                  limit, payload_fields=["title"])
+            self.metrics.search_ms.append((time.perf_counter() - t0) * 1e3)
+            self.metrics.store_searches += 1
         text: dict[str, dict[str, float]] = {u: {} for u in states}
         payloads: dict[str, dict] = {}
         row = 0
@@ -261,10 +292,11 @@ class Pipeline:
         extras = {u: [i for i in dict.fromkeys(collab.top_cooc(self.collab, recent[u], self.cparams, k) + popular)
                       if i not in text[u]] for u in states}
         # Counter items come from the stream, not the store: keep only those the catalogue still holds.
-        wanted = sorted({i for lst in extras.values() for i in lst} - payloads.keys())
-        if wanted:
-            payloads.update(await self.store.get_payloads(wanted))
-        extra_vectors = await self.item_vectors_for(sorted({i for u in owners for i in extras[u] if i in payloads}))
+        # One round trip (cache first) brings their payloads and the vectors their text affinity needs.
+        extra_records = await self.records_for(sorted({i for lst in extras.values() for i in lst}))
+        for i, record in extra_records.items():
+            payloads.setdefault(i, record.payload)
+        extra_vectors = {i: extra_records[i].vector for u in owners for i in extras[u] if i in extra_records}
         out: dict[str, Recommendation] = {}
         for u in states:
             vecs, weights = slots[u]

@@ -296,16 +296,11 @@ async def test_get_records_returns_vector_and_payload_in_one_call(store):
 
 
 @pytest.mark.asyncio
-async def test_embedded_search_can_return_only_some_payload_fields(tmp_path: Path):
-    store = EmbeddedItemStore(tmp_path / "edge")
-    await store.ensure_collection(DIM)
-    try:
-        cat = unit_rows(30)
-        await store.upsert(records(cat))
-        [hits] = await store.search(cat[3], limit=2, payload_fields=["title"])
-        assert hits[0].payload == {"title": "item 3", ITEM_ID_KEY: "sku-3"}
-    finally:
-        await store.close()
+async def test_search_can_return_only_some_payload_fields(store):
+    cat = unit_rows(30)
+    await store.upsert(records(cat))
+    [hits] = await store.search(cat[3], limit=2, payload_fields=["title"])
+    assert hits[0].payload == {"title": "item 3", ITEM_ID_KEY: "sku-3"}
 
 
 def test_wire_frames_carry_arrays_as_raw_bytes_and_json_values():

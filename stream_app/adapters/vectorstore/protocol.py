@@ -70,7 +70,8 @@ class ItemStore(Protocol):
     async def get_records(self, item_ids: Sequence[str]) -> dict[str, ItemRecord]: ...
 
     async def search(
-        self, vectors: np.ndarray, limit: int, exclude_ids: Collection[str] = ()
+        self, vectors: np.ndarray, limit: int, exclude_ids: Collection[str] = (),
+        payload_fields: Sequence[str] | None = None,
     ) -> list[list[Hit]]: ...
 
     async def count(self) -> int: ...

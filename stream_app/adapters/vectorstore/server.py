@@ -112,8 +112,12 @@ class QdrantServerStore:
             return {}
         return {r.payload[ITEM_ID_KEY]: dict(r.payload) for r in await self._retrieve(item_ids, False)}
 
-    async def search(self, vectors: np.ndarray, limit: int, exclude_ids: Collection[str] = ()) -> list[list[Hit]]:
-        """Nearest items by cosine per row, via query_batch_points (SEARCH_CHUNK queries per request)."""
+    async def search(self, vectors: np.ndarray, limit: int, exclude_ids: Collection[str] = (),
+                     payload_fields: Sequence[str] | None = None) -> list[list[Hit]]:
+        """Nearest items by cosine per row, via query_batch_points (SEARCH_CHUNK queries per request).
+
+        payload_fields limits the payload each hit carries (ITEM_ID_KEY always); None returns all of it.
+        """
         from qdrant_client import models
 
         rows = as_rows(vectors)
@@ -121,10 +125,11 @@ class QdrantServerStore:
             return [[] for _ in range(len(rows))]
         exclude = [str(point_id(i)) for i in dict.fromkeys(exclude_ids)]
         flt = models.Filter(must_not=[models.HasIdCondition(has_id=exclude)]) if exclude else None
+        with_payload: Any = True if payload_fields is None else sorted({ITEM_ID_KEY, *payload_fields})
         out: list[list[Hit]] = []
         for start in range(0, len(rows), SEARCH_CHUNK):
             requests = [
-                models.QueryRequest(query=row, limit=limit, filter=flt, with_payload=True)
+                models.QueryRequest(query=row, limit=limit, filter=flt, with_payload=with_payload)
                 for row in rows[start : start + SEARCH_CHUNK].tolist()
             ]
             responses = await self._guard(self.client.query_batch_points(self.collection, requests=requests))
