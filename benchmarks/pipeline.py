@@ -98,6 +98,51 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+class Profiler:
+    """py-spy sampling the worker (and its store child) during one phase, when --profile DIR is given."""
+
+    def __init__(self, directory: Path | None, pid: int, name: str) -> None:
+        self.path = directory / f"{name.replace(' ', '-').replace('/', '_')}.txt" if directory else None
+        self.proc: subprocess.Popen | None = None
+        if self.path is not None:
+            self.proc = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "100", "--format", "raw",
+                                          "--subprocesses", "--nonblocking", "--output", str(self.path)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _function(frame: str) -> str:
+    """A py-spy frame "name (file.py:line)" without its line number, so a function's lines add up."""
+    head, sep, tail = frame.rpartition(":")
+    return f"{head})" if sep and tail.rstrip(")").isdigit() else frame
+
+
+def top_frames(path: Path, n: int = 15) -> list[tuple[float, float, str]]:
+    """(self %, inclusive %, function) of the n functions with most self time in a py-spy raw (collapsed) profile."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [_function(f) for f in stack.split(";")]
+        c = int(count)
+        total += c
+        own[frames[-1]] = own.get(frames[-1], 0) + c
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + c
+    ranked = sorted(own.items(), key=lambda kv: -kv[1])[:n]
+    return [(100 * c / total, 100 * incl[f] / total, f) for f, c in ranked] if total else []
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -439,7 +484,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         collector = Collector(bootstrap, env["STREAM_APP_RECOMMENDATIONS_TOPIC"], env["STREAM_APP_DLQ_TOPIC"])
         await collector.start()
         # 2a. Catalogue ingestion.
+        profiler = Profiler(args.profile, w.proc.pid, "ingest")
         seconds, before, after = await ingest(producer, w, cat.items, args.stall_seconds)
+        profiler.stop()
         indexed = after.get("items_indexed", 0) - before.get("items_indexed", 0)
         result["ingest"] = {"items": len(cat.items), "indexed": indexed, "seconds": round(seconds, 2),
                             "items_per_s": _r(indexed / seconds if seconds > 0 else 0.0),
@@ -450,7 +497,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, events, rate in (("known-item burst", known, None), ("free-text burst", texts, None),
                                    (f"offered {args.rate:g}/s", rated, args.rate)):
             s0 = w.stats() or {}
+            profiler = Profiler(args.profile, w.proc.pid, name)
             phases[name] = await run_phase(name, producer, collector, topic, events, rate, args.stall_seconds)
+            profiler.stop()
             s1 = w.stats() or {}
             phases[name].worker = {**stats_delta(s0, s1), "search_ms_p50": _r(s1.get("search_ms_p50"), 2),
                                    "search_ms_p99": _r(s1.get("search_ms_p99"), 2),
@@ -557,13 +606,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder-seconds", type=float, default=3, help="minimum timing of each encoder rate")
     parser.add_argument("--stall-seconds", type=float, default=120, help="give up a phase after this long idle")
     parser.add_argument("--json", type=Path, help="write the numbers here")
+    parser.add_argument("--profile", type=Path, help="sample the worker with py-spy per phase into this folder")
     parser.add_argument("--keep-data", action="store_true", help="keep the worker's data dir and logs")
     args = parser.parse_args(argv)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING)
     result = asyncio.run(run(args))
     print(summary(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    if args.profile:
+        for path in sorted(args.profile.glob("*.txt")):
+            print(f"\nprofile {path.name}: self% incl% frame")
+            for own, incl, frame in top_frames(path):
+                print(f"  {own:5.1f} {incl:5.1f}  {frame[:150]}")
     return 0
 
 

@@ -357,3 +357,17 @@ async def test_embedded_store_times_out_on_a_stopped_child_and_restarts_it(tmp_p
         assert store.healthy and await store.ping()
     finally:
         await store.close()
+
+
+@pytest.mark.asyncio
+async def test_row_excludes_filter_each_row_and_still_return_limit_hits(store):
+    cat = unit_rows(200)
+    await store.upsert(records(cat))
+    queries = unit_rows(3, seed=21)
+    own = [set(brute_force(cat, queries[0], 6)), set(), set(brute_force(cat, queries[2], 2))]
+    results = await store.search(queries, limit=5, row_excludes=own, exclude_ids={"sku-0"})
+    for q, mine, hits in zip(queries, own, results):
+        skip = {int(e.split("-")[1]) for e in mine | {"sku-0"}}
+        assert [h.item_id for h in hits] == brute_force(cat, q, 5, exclude=skip)
+    with pytest.raises(ValueError):
+        await store.search(queries, limit=5, row_excludes=[set()])

@@ -11,6 +11,7 @@ Requests are [function name, [args...]]; replies ["ok", value] or ["err", [excep
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import struct
@@ -21,34 +22,40 @@ from typing import Any
 
 import numpy as np
 
-from stream_app.adapters.vectorstore.protocol import ITEM_ID_KEY, UPSERT_CHUNK, point_id
+from stream_app.adapters.vectorstore.protocol import ITEM_ID_KEY, UPSERT_CHUNK
+from stream_app.adapters.vectorstore.protocol import point_id as _point_id
 
 HEADER = struct.Struct("<QQ")
 MAX_FRAME = 1 << 34  # a corrupt header must not make a reader allocate without bound
 
 
-def _flatten(obj: Any, arrays: list[np.ndarray]) -> Any:
-    """obj with numpy arrays replaced by {"__nd__": i} (appended to arrays) and numpy scalars made plain."""
+def _flatten(obj: Any, arrays: list[np.ndarray], depth: int = 0) -> Any:
+    """obj with numpy arrays replaced by {"__nd__": i} (appended to arrays).
+
+    Arrays travel only as elements of the message's top two list levels (a call's arguments, a result's
+    parts); deeper values (ids, payload dicts) are left to json as they are, so large results are not walked.
+    """
     if isinstance(obj, np.ndarray):
         arrays.append(np.ascontiguousarray(obj))
         return {"__nd__": len(arrays) - 1}
-    if isinstance(obj, (list, tuple)):
-        return [_flatten(x, arrays) for x in obj]
-    if isinstance(obj, dict):
-        return {str(k): _flatten(v, arrays) for k, v in obj.items()}
-    if isinstance(obj, np.generic):
-        return obj.item()
+    if isinstance(obj, (list, tuple)) and depth < 2:
+        return [_flatten(x, arrays, depth + 1) for x in obj]
     return obj
 
 
-def _restore(obj: Any, arrays: list[np.ndarray]) -> Any:
+def _json_default(obj: Any) -> Any:
+    """numpy scalars become plain numbers; anything else json cannot write is an error."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} cannot cross the store pipe (arrays only at the top two list levels)")
+
+
+def _restore(obj: Any, arrays: list[np.ndarray], depth: int = 0) -> Any:
     """Inverse of _flatten."""
-    if isinstance(obj, list):
-        return [_restore(x, arrays) for x in obj]
-    if isinstance(obj, dict):
-        if "__nd__" in obj and len(obj) == 1:
-            return arrays[obj["__nd__"]]
-        return {k: _restore(v, arrays) for k, v in obj.items()}
+    if isinstance(obj, list) and depth < 2:
+        return [_restore(x, arrays, depth + 1) for x in obj]
+    if isinstance(obj, dict) and len(obj) == 1 and "__nd__" in obj:
+        return arrays[obj["__nd__"]]
     return obj
 
 
@@ -57,7 +64,7 @@ def encode_frame(message: Any) -> list[bytes | memoryview]:
     arrays: list[np.ndarray] = []
     value = _flatten(message, arrays)
     doc = json.dumps({"v": value, "a": [[a.dtype.str, list(a.shape)] for a in arrays]},
-                     separators=(",", ":"), ensure_ascii=False).encode()
+                     separators=(",", ":"), ensure_ascii=False, default=_json_default).encode()
     buffers = [memoryview(a).cast("B") for a in arrays if a.nbytes]
     return [HEADER.pack(len(doc), sum(len(b) for b in buffers)), doc, *buffers]
 
@@ -107,6 +114,8 @@ def send(stream: Any, message: Any) -> None:
 # ---------------------------------------------------------------------------------------------
 
 _W: dict[str, Any] = {}
+# uuid5 is a SHA-1 per id; searches exclude the same consumed ids batch after batch.
+point_id = functools.lru_cache(maxsize=1 << 16)(_point_id)
 
 
 def _w_ensure(path: str, dim: int) -> None:
@@ -185,19 +194,31 @@ def _w_get_records(item_ids: list[str], with_vectors: bool) -> list[Any]:
     return [ids, payloads, vectors]
 
 
-def _w_search(vectors: np.ndarray, limit: int, exclude_ids: list[str], fields: list[str] | None) -> list[Any]:
+def _w_search(vectors: np.ndarray, limit: int, exclude_ids: list[str], fields: list[str] | None,
+              row_excludes: list[list[str]] | None = None) -> list[Any]:
     """One batched nearest-neighbour query per row -> [ids, scores (float32), row lengths, payloads].
 
+    exclude_ids apply to every row, row_excludes[r] to row r only (a filter per request of the batch).
     fields None returns whole payloads; a list returns only those payload keys (ITEM_ID_KEY always).
     """
     import qdrant_edge as qe
 
     shard = _w_shard()
-    flt = qe.Filter(must_not=[qe.HasIdCondition({point_id(i) for i in exclude_ids})]) if exclude_ids else None
+    common = {point_id(i) for i in exclude_ids}
     with_payload: Any = True if fields is None else sorted({ITEM_ID_KEY, *fields})
+    filters: dict[int, Any] = {}
+
+    def row_filter(r: int) -> Any:
+        own = row_excludes[r] if row_excludes is not None else ()
+        if not own:
+            if None not in filters:
+                filters[None] = qe.Filter(must_not=[qe.HasIdCondition(common)]) if common else None
+            return filters[None]
+        return qe.Filter(must_not=[qe.HasIdCondition(common | {point_id(i) for i in own})])
+
     requests = [
-        qe.QueryRequest(limit=limit, query=qe.Query.Nearest(row), filter=flt, with_payload=with_payload)
-        for row in vectors.tolist()
+        qe.QueryRequest(limit=limit, query=qe.Query.Nearest(row), filter=row_filter(r), with_payload=with_payload)
+        for r, row in enumerate(vectors.tolist())
     ]
     batches = shard.query_batch(qe.QueryBatchRequest(requests))
     ids: list[str] = []

@@ -266,20 +266,26 @@ class EmbeddedItemStore:
         return dict(zip(ids, payloads))
 
     async def search(self, vectors: np.ndarray, limit: int, exclude_ids: Collection[str] = (),
-                     payload_fields: Sequence[str] | None = None) -> list[list[Hit]]:
+                     payload_fields: Sequence[str] | None = None,
+                     row_excludes: Sequence[Collection[str]] | None = None) -> list[list[Hit]]:
         """Nearest items by cosine for each query row, as one batched engine call per SEARCH_CHUNK rows.
 
-        payload_fields limits the payload each hit carries (ITEM_ID_KEY always); None returns all of it.
+        exclude_ids are never returned; row_excludes[r] are not returned for row r (each row gets its own filter,
+        so `limit` hits survive the exclusions: no over-fetching). payload_fields limits the payload each hit
+        carries (ITEM_ID_KEY always); None returns all of it.
         """
         rows = as_rows(vectors)
         if len(rows) == 0 or limit <= 0:
             return [[] for _ in range(len(rows))]
+        if row_excludes is not None and len(row_excludes) != len(rows):
+            raise ValueError(f"{len(row_excludes)} row_excludes for {len(rows)} query rows")
         exclude = list(dict.fromkeys(exclude_ids))
         fields = None if payload_fields is None else list(payload_fields)
         out: list[list[Hit]] = []
         for start in range(0, len(rows), SEARCH_CHUNK):
+            own = None if row_excludes is None else [list(x) for x in row_excludes[start : start + SEARCH_CHUNK]]
             ids, scores, lengths, payloads = await self._call(
-                "_w_search", rows[start : start + SEARCH_CHUNK], limit, exclude, fields)
+                "_w_search", rows[start : start + SEARCH_CHUNK], limit, exclude, fields, own)
             pos = 0
             for n in lengths.tolist():
                 out.append([Hit(ids[j], s, payloads[j]) for j, s in zip(range(pos, pos + n), scores[pos:pos + n].tolist())])

@@ -71,7 +71,7 @@ class ItemStore(Protocol):
 
     async def search(
         self, vectors: np.ndarray, limit: int, exclude_ids: Collection[str] = (),
-        payload_fields: Sequence[str] | None = None,
+        payload_fields: Sequence[str] | None = None, row_excludes: Sequence[Collection[str]] | None = None,
     ) -> list[list[Hit]]: ...
 
     async def count(self) -> int: ...

@@ -113,9 +113,11 @@ class QdrantServerStore:
         return {r.payload[ITEM_ID_KEY]: dict(r.payload) for r in await self._retrieve(item_ids, False)}
 
     async def search(self, vectors: np.ndarray, limit: int, exclude_ids: Collection[str] = (),
-                     payload_fields: Sequence[str] | None = None) -> list[list[Hit]]:
+                     payload_fields: Sequence[str] | None = None,
+                     row_excludes: Sequence[Collection[str]] | None = None) -> list[list[Hit]]:
         """Nearest items by cosine per row, via query_batch_points (SEARCH_CHUNK queries per request).
 
+        exclude_ids are never returned; row_excludes[r] are not returned for row r (a filter per query).
         payload_fields limits the payload each hit carries (ITEM_ID_KEY always); None returns all of it.
         """
         from qdrant_client import models
@@ -123,14 +125,20 @@ class QdrantServerStore:
         rows = as_rows(vectors)
         if len(rows) == 0 or limit <= 0:
             return [[] for _ in range(len(rows))]
+        if row_excludes is not None and len(row_excludes) != len(rows):
+            raise ValueError(f"{len(row_excludes)} row_excludes for {len(rows)} query rows")
         exclude = [str(point_id(i)) for i in dict.fromkeys(exclude_ids)]
-        flt = models.Filter(must_not=[models.HasIdCondition(has_id=exclude)]) if exclude else None
+
+        def row_filter(r: int) -> Any:
+            ids = exclude + [str(point_id(i)) for i in (row_excludes[r] if row_excludes is not None else ())]
+            return models.Filter(must_not=[models.HasIdCondition(has_id=ids)]) if ids else None
+
         with_payload: Any = True if payload_fields is None else sorted({ITEM_ID_KEY, *payload_fields})
         out: list[list[Hit]] = []
         for start in range(0, len(rows), SEARCH_CHUNK):
             requests = [
-                models.QueryRequest(query=row, limit=limit, filter=flt, with_payload=with_payload)
-                for row in rows[start : start + SEARCH_CHUNK].tolist()
+                models.QueryRequest(query=row, limit=limit, filter=row_filter(start + r), with_payload=with_payload)
+                for r, row in enumerate(rows[start : start + SEARCH_CHUNK].tolist())
             ]
             responses = await self._guard(self.client.query_batch_points(self.collection, requests=requests))
             out.extend(
