@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     table_store: str = Field("rocksdb://", description="Faust table store: rocksdb:// (durable) or memory:// (tests).")
     web_port: int = 6066
     web_host: str = "127.0.0.1"
-    batch_size: int = Field(64, ge=1, description="Events taken per batch by the agents (stream.take).")
+    batch_size: int = Field(256, ge=1, description="Most events taken per batch by the agents (stream.take); under load batches fill up, at low rates batch_timeout_s closes them.")
     batch_timeout_s: float = Field(0.02, gt=0, description="Longest wait to fill a batch before processing it.")
 
     # --- Local state ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import numpy as np
 ITEM_NAMESPACE = uuid.UUID("5b0f7c0e-2f1d-5c8e-9a3b-6d4e1f2a7c90")
 ITEM_ID_KEY = "item_id"
 UPSERT_CHUNK = 512
-SEARCH_CHUNK = 64
+SEARCH_CHUNK = 256
 
 
 class StoreError(RuntimeError):
