@@ -141,7 +141,8 @@ class Pipeline:
 
     @property
     def dim(self) -> int:
-        assert self.encoder is not None, "Pipeline.start() first"
+        if self.encoder is None:
+            raise RuntimeError("Pipeline.start() first")
         return self.encoder.dim
 
     async def start(self) -> None:
@@ -159,6 +160,14 @@ class Pipeline:
             log.info("pipeline ready: model=%s dim=%d provider=%s", self.encoder.manifest.name, self.encoder.dim,
                      self.encoder.provider)
 
+    def store_health(self) -> dict[str, Any]:
+        """The item store's health for the web view: healthy, its last error, and (embedded) child restarts."""
+        store = self.store
+        if store is None:
+            return {"healthy": False, "last_error": "not started", "restarts": 0}
+        return {"healthy": bool(store.healthy), "last_error": store.last_error,
+                "restarts": getattr(store, "restarts", 0)}
+
     async def close(self) -> None:
         if self.store is not None:
             await self.store.close()
@@ -166,23 +175,35 @@ class Pipeline:
 
     async def encode(self, texts: Sequence[str], kind: str = "passage") -> np.ndarray:
         """Encode a batch of texts in the encoder thread (never on the event loop)."""
-        assert self.encoder is not None
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        loop = asyncio.get_running_loop()
+        return (await self.encode_groups([(texts, kind)]))[0]
+
+    async def encode_groups(self, groups: Sequence[tuple[Sequence[str], str]]) -> list[np.ndarray]:
+        """Encode several (texts, kind) groups in one hop to the encoder thread (queries and passages of a batch)."""
+        if self.encoder is None:
+            raise RuntimeError("Pipeline.start() first")
+        encoder = self.encoder
+
+        def run() -> list[np.ndarray]:
+            return [encoder.encode(list(texts), kind=kind) if len(texts) else np.zeros((0, encoder.dim), np.float32)
+                    for texts, kind in groups]
+
+        n = sum(len(texts) for texts, _ in groups)
+        if n == 0:
+            return run()
         t0 = time.perf_counter()
-        vectors = await loop.run_in_executor(self._encoder_pool, self.encoder.encode, list(texts), kind)
+        out = await asyncio.get_running_loop().run_in_executor(self._encoder_pool, run)
         m = self.metrics
         m.encoder_s += time.perf_counter() - t0
-        m.encoded_texts += len(texts)
+        m.encoded_texts += n
         m.encoder_calls += 1
-        m.encoder_batch_max = max(m.encoder_batch_max, len(texts))
-        return vectors
+        m.encoder_batch_max = max(m.encoder_batch_max, n)
+        return out
 
     # ---- items --------------------------------------------------------------------------------------------
     async def index_items(self, items: Sequence[ItemEvent]) -> None:
         """Upsert new or changed items (one encoder batch, one store call) and delete the deleted ones."""
-        assert self.store is not None
+        if self.store is None:
+            raise RuntimeError("Pipeline.start() first")
         latest: dict[str, ItemEvent] = {}
         for item in items:  # the last message for an id wins within a batch
             latest[item.item_id] = item
@@ -204,7 +225,8 @@ class Pipeline:
     # ---- behaviour ----------------------------------------------------------------------------------------
     async def records_for(self, item_ids: Sequence[str]) -> dict[str, ItemRecord]:
         """Stored records (vector + payload) of the ids that exist: LRU cache first, the rest in one get_records."""
-        assert self.store is not None
+        if self.store is None:
+            raise RuntimeError("Pipeline.start() first")
         found: dict[str, ItemRecord] = {}
         cache = self.item_vectors
         for item_id in item_ids:
@@ -226,15 +248,15 @@ class Pipeline:
 
     async def event_vectors(self, events: Sequence[BehaviourEvent]) -> list[np.ndarray | UnknownItem]:
         """One vector per event: the item's stored vector, the encoded free text, or their mean for a review."""
-        item_vecs = await self.item_vectors_for([e.item_id for e in events if e.item_id])
-        text_events = [e for e in events if e.text]
-        queries = [e for e in text_events if e.type == "search"]
-        passages = [e for e in text_events if e.type != "search"]
-        text_vecs: dict[int, np.ndarray] = {}
-        for group, kind in ((queries, "query"), (passages, "passage")):
-            if group:
-                for e, vec in zip(group, await self.encode([e.text for e in group], kind=kind)):  # type: ignore[misc]
-                    text_vecs[id(e)] = vec
+        queries = [e for e in events if e.text and e.type == "search"]
+        passages = [e for e in events if e.text and e.type != "search"]
+        # The store lookup (store thread) and the encoder (encoder thread) run at the same time.
+        item_vecs, (query_vecs, passage_vecs) = await asyncio.gather(
+            self.item_vectors_for([e.item_id for e in events if e.item_id]),
+            self.encode_groups([([e.text for e in queries], "query"), ([e.text for e in passages], "passage")]),
+        )
+        text_vecs: dict[int, np.ndarray] = {id(e): v for e, v in zip(queries, query_vecs)}
+        text_vecs.update({id(e): v for e, v in zip(passages, passage_vecs)})
         out: list[np.ndarray | UnknownItem] = []
         for e in events:
             item_vec = item_vecs.get(e.item_id) if e.item_id else None
