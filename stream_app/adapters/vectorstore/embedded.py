@@ -59,11 +59,11 @@ class _Child:
     """Parent-side handle of one child process; call() blocks (with a deadline), so only the store's thread uses it."""
 
     def __init__(self) -> None:
-        """Start `python -m stream_app.adapters.vectorstore.child` with this package importable."""
+        """Start the child loop (stream_app.adapters.vectorstore.child.main) with this package importable."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_app.adapters.vectorstore.child"],
+            [sys.executable, "-c", "from stream_app.adapters.vectorstore.child import main; main()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
