@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 
 def transient_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean 'the infrastructure is not there right now', not 'this input is bad'."""
-    from stream_app.vectorstore import WorkerDied
+    from stream_app.adapters.vectorstore import StoreError  # a dead or stuck store child, an unreachable server
 
-    return (TimeoutError, ConnectionError, OSError, WorkerDied)
+    return (TimeoutError, ConnectionError, OSError, StoreError)
 
 
 @dataclass(frozen=True)
