@@ -110,7 +110,7 @@ async def send_reliably(topic: faust.TopicT, key: Any, value: Any, what: str,
             attempt += 1
             if attempt == 3 and fallback is not None:
                 value = fallback()
-            _send_log.warning("sending %s failed (%s: %s); retrying (attempt %d)", what, type(exc).__name__, exc,
+            _send_log.warning("sending %s failed (%s: %.200s); retrying (attempt %d)", what, type(exc).__name__, exc,
                               attempt)
             await asyncio.sleep(policy.delay(attempt))
 
