@@ -54,14 +54,23 @@ class FakeTopic:
         self.failures = failures
         self.delivered: list[tuple[bytes | None, dict]] = []
 
-    async def send(self, key=None, value=None):
-        if self.failures:
-            self.failures -= 1
-            raise RuntimeError("MessageSizeTooLargeError")
-        self.delivered.append((key, value))
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
+    def as_future_message(self, key=None, value=None):
+        fut = PendingSend()
+        fut.key, fut.value = key, value
         return fut
+
+    async def publish_message(self, fut):
+        if self.failures:  # refused by the broker: the future fails, as Faust's _on_published makes it
+            self.failures -= 1
+            fut.set_exception(RuntimeError("MessageSizeTooLargeError"))
+        else:
+            self.delivered.append((fut.key, fut.value))
+            fut.set_result(None)
+        return fut
+
+
+class PendingSend(asyncio.Future):
+    """Stands for Faust's FutureMessage: an asyncio future that carries the message."""
 
 
 @pytest.fixture(autouse=True)

@@ -106,6 +106,10 @@ def worker(kafka_bootstrap: str, tmp_path_factory) -> Iterator[Worker]:
             await admin.create_topics([NewTopic(env[f"STREAM_APP_{t}_TOPIC"], num_partitions=2, replication_factor=1,
                                                 topic_configs={"max.message.bytes": str(BIG)})
                                        for t in ("ITEMS", "BEHAVIOUR")])
+            # A DLQ that refuses records over 4 KiB: a dead letter with the value's copy is refused by the broker,
+            # retried, and delivered without the copy.
+            await admin.create_topics([NewTopic(env["STREAM_APP_ITEMS_DLQ_TOPIC"], num_partitions=1,
+                                                replication_factor=1, topic_configs={"max.message.bytes": "4096"})])
         finally:
             await admin.close()
 
@@ -140,6 +144,8 @@ def test_poison_items_cost_only_themselves(worker):
     assert "lone surrogate" in reasons[b"p-item-surrogate"]
     assert "key is not the item_id" in reasons[b"p-item-key"]
     assert "nested too deeply" in reasons[b"p-item-deep"]
+    deep = next(json.loads(m.value) for m in dead if m.key == b"p-item-deep")  # refused once with its copy
+    assert deep["value_b64"] is None and deep["value_length"] == 200_000 and deep["value_truncated"]
     assert "empty value" in reasons[b"p-item-null"]
     assert (worker.stats() or {})["items_indexed"] == before + 10
 
@@ -260,5 +266,6 @@ def test_a_forgotten_user_stays_forgotten_after_a_restart_from_the_changelog(wor
 
     # No user id reached the worker's log (it logs at WARNING and above here; ids only at DEBUG).
     log_text = (data / "worker.log").read_text(errors="replace")
-    for user in (gone, kept, "good-", "triple-"):
+    assert "a send to Kafka failed" in log_text  # the refused dead letter above, logged without its contents
+    for user in (gone, kept, "good-", "triple-", "p-item-deep"):
         assert user not in log_text
