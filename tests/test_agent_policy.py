@@ -136,3 +136,21 @@ def test_a_failure_in_processing_dead_letters_only_the_event_that_fails_alone():
     reasons = {v["offset"]: v["reason"] for _, v in dlq.delivered}
     assert reasons == {5: "processing failed: ValueError: the encoder cannot take this one", 7: "unknown item"}
     assert all(e.message.acked for e in batch)
+
+
+def test_plan_user_skips_redeliveries_and_a_forget_drops_what_came_before():
+    from stream_app.events import BehaviourEvent
+    from stream_app.interest import new_state, remember_events
+
+    def row(event_id: str, kind: str = "view"):
+        return event(0, b"x"), BehaviourEvent(event_id, "u", kind, "sku-1" if kind != "forget" else None, None, 1.0)
+
+    stored = remember_events(new_state(4), ["old-1", "old-2"], cap=8)
+    plan = agent.plan_user([row("old-1"), row("new-1"), row("new-1"), row("new-2")], stored)
+    assert [b.event_id for _, b in plan.apply] == ["new-1", "new-2"]
+    assert [b.event_id for _, b in plan.duplicates] == ["old-1", "new-1"] and not plan.forgotten
+    assert [b.event_id for _, b in plan.served()] == ["old-1", "new-1", "new-1", "new-2"]
+
+    plan = agent.plan_user([row("a"), row("f", "forget"), row("old-1"), row("b")], stored)
+    assert plan.forgotten and [b.event_id for _, b in plan.apply] == ["old-1", "b"]  # after a forget, all is new
+    assert [b.event_id for _, b in plan.served()] == ["old-1", "b"]  # the forget itself gets no list
