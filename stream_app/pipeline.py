@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -25,9 +25,40 @@ from stream_app.collab import CollabParams, CollabState
 from stream_app.interest import InterestParams, UserState, apply_event, consumed_items, interest_vectors
 from stream_app.ranking import merge_slot_hits
 from stream_app.settings import Settings
-from stream_app.adapters.vectorstore import ItemRecord, ItemStore, open_item_store
+from stream_app.adapters.vectorstore import Hit, ItemRecord, ItemStore, open_item_store
 
 log = logging.getLogger(__name__)
+
+
+# Hits fetched beyond the pool per query row to absorb the row's exclusions (consumed items) by post-filtering.
+# Rows whose exclusions ate into the pool are searched again with their own filter (exact either way):
+# qdrant-edge's per-row filters cost more than this much over-fetching (see README, Performance).
+OVERFETCH = 32
+
+
+async def search_excluding(store: ItemStore, vectors: np.ndarray, pool: int,
+                           excluded: Sequence[Collection[str]], payload_fields: Sequence[str] | None = None,
+                           overfetch: int = OVERFETCH) -> list[list[Hit]]:
+    """Per query row, the `pool` nearest items not in excluded[row], exactly; at most two store calls.
+
+    One batched search at limit pool + min(max exclusions, overfetch) is post-filtered; a row that then has
+    fewer than `pool` hits while the store returned a full list (more items may exist) is searched again with
+    its own exclusion filter. The limit no longer grows with the longest history in the batch.
+    """
+    rows = np.asarray(vectors, dtype=np.float32)
+    if len(rows) == 0 or pool <= 0:
+        return [[] for _ in range(len(rows))]
+    extra = min(max((len(e) for e in excluded), default=0), overfetch)
+    limit = pool + extra
+    hits = await store.search(rows, limit, payload_fields=payload_fields)
+    out = [[h for h in row_hits if h.item_id not in ex][:pool] for row_hits, ex in zip(hits, excluded)]
+    short = [r for r, row_hits in enumerate(hits) if len(out[r]) < pool and len(row_hits) == limit]
+    if short:
+        again = await store.search(rows[short], pool, payload_fields=payload_fields,
+                                   row_excludes=[excluded[r] for r in short])
+        for r, row_hits in zip(short, again):
+            out[r] = row_hits
+    return out
 
 
 class UnknownItem(LookupError):

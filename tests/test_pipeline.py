@@ -81,3 +81,29 @@ async def test_cold_user_gets_popular_items_and_deleted_ones_never(pipeline):
     # a user whose co-occurrence points at the deleted item does not get it either
     rec = (await pipeline.recommend({"a": states["a"]}, now=1767225800.0))["a"]
     assert "t3" not in {i["item_id"] for i in rec.items}
+
+
+async def test_search_excluding_is_exact_with_one_call_or_a_filtered_second(tmp_path):
+    """Rows with few exclusions are post-filtered; a row whose exclusions eat into the pool is searched again."""
+    import numpy as np
+
+    from stream_app.adapters.vectorstore import EmbeddedItemStore, ItemRecord
+    from stream_app.pipeline import search_excluding
+
+    dim = 16
+    rng = np.random.default_rng(3)
+    cat = rng.standard_normal((300, dim)).astype(np.float32)
+    cat /= np.linalg.norm(cat, axis=1, keepdims=True)
+    store = EmbeddedItemStore(tmp_path / "edge")
+    await store.ensure_collection(dim)
+    try:
+        await store.upsert([ItemRecord(f"i{j}", v, {"title": f"t{j}"}) for j, v in enumerate(cat)])
+        queries = cat[[0, 1, 2]]
+        ranked = [[f"i{j}" for j in np.argsort(-(cat @ q), kind="stable")] for q in queries]
+        excluded = [set(ranked[0][:3]), set(), set(ranked[2][:40])]  # the third row's exclusions exceed overfetch
+        got = await search_excluding(store, queries, 5, excluded, payload_fields=["title"], overfetch=8)
+        for row, ex, want in zip(got, excluded, ranked):
+            assert [h.item_id for h in row] == [i for i in want if i not in ex][:5]
+        assert got[0][0].payload["title"].startswith("t")
+    finally:
+        await store.close()
