@@ -183,14 +183,14 @@ Parsed = TypeVar("Parsed")
 
 async def run_batches(stream: faust.StreamT, parse: Callable[[EventT], Parsed],
                       process: Callable[[list[tuple[EventT, Parsed]]], Awaitable[list[tuple[EventT, str]]]],
-                      dlq: faust.TopicT) -> None:
+                      dlq: faust.TopicT, within: float | None = None) -> None:
     """Feed the stream to process() in batches; every event is served or dead-lettered before its offset is acked.
 
     Each message is judged alone by parse() (EventError -> DLQ with its own reason). process() returns the events
     it gave up on, with their reasons; if it raises (a bug), the batch is bisected so only the events that fail on
     their own are dead-lettered. Nothing but cancellation leaves this loop.
     """
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
+    async for events in stream.take_events(settings.batch_size, within=within or settings.batch_timeout_s):
         try:
             good: list[tuple[EventT, Parsed]] = []
             for event in events:
@@ -220,7 +220,8 @@ async def _as_results(process: Callable[[list[Any]], Awaitable[list[tuple[EventT
 async def index_items(stream: faust.StreamT) -> None:
     """Catalogue events: encode new or changed items in batches, upsert them, delete deleted ones."""
     await pipeline.start()
-    await run_batches(stream, lambda e: parse_item(e.message.value, meta_of(e)), handle_items_batch, items_dlq)
+    await run_batches(stream, lambda e: parse_item(e.message.value, meta_of(e)), handle_items_batch, items_dlq,
+                      within=settings.items_batch_timeout_s)
 
 
 async def handle_items_batch(parsed: list[tuple[EventT, ItemEvent]]) -> list[tuple[EventT, str]]:

@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     batch_size: int = Field(256, ge=1, description="Most events taken per batch by the agents (stream.take); under load batches fill up, at low rates batch_timeout_s closes them.")
     batch_timeout_s: float = Field(0.02, gt=0, description="Longest wait to fill a batch before processing it.")
+    items_batch_timeout_s: float = Field(0.25, gt=0, description="The same for catalogue batches: Faust's take() stops buffering while a batch is processed, so a longer wait lets ingestion batches fill (the encoder's best batch) at the cost of an item update's latency.")
 
     # --- Reliability (README "Reliability"; input bounds are constants in stream_app/events.py) -------------
     dedupe_window: int = Field(256, ge=0, description="Event ids remembered per user (8 bytes each), so a redelivered event is not applied twice.")
