@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     web_debug_views: bool = Field(False, description="Serve Faust's /table/ and /router/ views (they show raw table data).")
     web_port: int = 6066
     web_host: str = "127.0.0.1"
-    batch_size: int = Field(64, ge=1, description="Events taken per batch by the agents (stream.take).")
+    batch_size: int = Field(256, ge=1, description="Most events taken per batch by the agents (stream.take); under load batches fill up, at low rates batch_timeout_s closes them.")
     batch_timeout_s: float = Field(0.02, gt=0, description="Longest wait to fill a batch before processing it.")
 
     # --- Reliability (README "Reliability"; input bounds are constants in stream_app/events.py) -------------
@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = None
     qdrant_collection: str = "items"
     item_cache_size: int = Field(20_000, ge=0, description="Item vectors kept in memory to avoid a store round trip.")
+    store_timeout_s: float = Field(30.0, gt=0, description="Deadline of every vector-store call (an index build gets its own); a stuck embedded store is restarted.")
 
     # --- Encoder -----------------------------------------------------------------------------
     model_name: str = Field("multilingual-e5-small", description="Model folder name: multilingual-e5-small or all-MiniLM-L6-v2.")
