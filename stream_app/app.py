@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import faust
+from faust.agents import current_agent
 from faust.streams import _current_event
 from faust.types import EventT
 
@@ -52,9 +53,14 @@ items_dlq = app.topic(settings.items_dlq_topic, key_serializer="raw", value_seri
 def raw_table(name: str, help: str) -> faust.Table:
     """A table of str keys and bytes values stored as they are (Faust would otherwise JSON-encode both)."""
     table = app.Table(name, key_type=str, value_type=bytes, partitions=settings.topic_partitions, help=help)
-    # Faust derives the store's and the changelog's codecs from these attributes, read when the store opens.
+    # Faust derives the store's codecs from these attributes, read when the store opens. The changelog topic was
+    # already made by app.Table() with a JSON key codec (from key_type=str): recovery then failed on every raw key
+    # ("Error in recovery Expecting value"), so its schema gets the raw codecs too.
     table.key_serializer = "raw"
     table.value_serializer = "raw"
+    changelog = table.changelog_topic
+    changelog.key_serializer = changelog.schema.key_serializer = "raw"
+    changelog.value_serializer = changelog.schema.value_serializer = "raw"
     return table
 
 
@@ -80,7 +86,7 @@ async def send_dead_letter(topic: faust.TopicT, event: EventT, reason: str) -> N
     msg = event.message
     raw = msg.value if isinstance(msg.value, (bytes, type(None))) else str(msg.value).encode()
     await topic.send(key=msg.key, value=dead_letter(raw, msg.key, reason, msg.topic, msg.partition, msg.offset))
-    pipeline.metrics.dead_letters += 1
+    pipeline.metrics.dead_letter(msg.topic, msg.partition, msg.offset, msg.key, reason)
     log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
 
 
@@ -94,9 +100,19 @@ async def run_batches(stream: faust.StreamT, handle: Callable[[list[EventT]], Aw
             log.exception("batch of %d from %s failed; dead-lettering it", len(events), events[0].message.topic)
             for event in events:
                 await send_dead_letter(dlq, event, f"processing failed: {type(exc).__name__}: {exc}")
+        pipeline.metrics.agent_batch_done(agent_name(current_agent()))
 
 
-@app.agent(items_topic)
+def agent_name(agent: Any) -> str:
+    return str(getattr(agent, "name", agent)).rsplit(".", 1)[-1]
+
+
+async def record_crash(agent: Any, exc: BaseException) -> None:
+    """Faust's on_error hook: an agent crash counts against the worker's health (see /health)."""
+    pipeline.metrics.agent_crashed(agent_name(agent), exc)
+
+
+@app.agent(items_topic, on_error=record_crash)
 async def index_items(stream: faust.StreamT) -> None:
     """Catalogue events: encode new or changed items in batches, upsert them, delete deleted ones."""
     await pipeline.start()
@@ -135,7 +151,7 @@ async def handle_items_batch(events: list[EventT]) -> None:
                 item_fingerprints[item.item_id] = fp
 
 
-@app.agent(behaviour_topic)
+@app.agent(behaviour_topic, on_error=record_crash)
 async def process_behaviour(stream: faust.StreamT) -> None:
     """Behaviour events: update each user's interest and push one recommendation per user per batch."""
     await pipeline.start()
@@ -189,7 +205,7 @@ async def handle_behaviour_batch(events: list[EventT]) -> None:
     for user_id, rec in recommendations.items():
         last_event, last_behaviour, _ = by_user[user_id][-1]
         latency_ms = (sent_at - last_event.message.timestamp) * 1000.0
-        pipeline.metrics.latencies_ms.append(latency_ms)
+        pipeline.metrics.observe_latency(latency_ms)
         pipeline.metrics.recommendations += 1
         await recommendations_topic.send(key=user_id, value={
             "user_id": user_id,
@@ -203,7 +219,7 @@ async def handle_behaviour_batch(events: list[EventT]) -> None:
         })
 
 
-register_pages(app, pipeline, user_state, settings)
+register_pages(app, pipeline, user_state, settings, inputs=(items_topic, behaviour_topic))
 
 
 async def declare_topics() -> None:

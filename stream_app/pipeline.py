@@ -10,10 +10,10 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from stream_app.encoder import TextEncoder, load_encoder
 from stream_app.events import BehaviourEvent, ItemEvent
 from stream_app import collab
 from stream_app.collab import CollabParams, CollabState
+from stream_app.metrics import Metrics
 from stream_app.interest import InterestParams, UserState, apply_event, consumed_items, interest_vectors
 from stream_app.ranking import merge_slot_hits
 from stream_app.settings import Settings
@@ -65,38 +66,6 @@ class LRUCache:
 
 
 @dataclass
-class Metrics:
-    """Counters and a window of recent latencies for the web view."""
-
-    events: int = 0
-    batches: int = 0
-    recommendations: int = 0
-    dead_letters: int = 0
-    items_indexed: int = 0
-    items_deleted: int = 0
-    items_unchanged: int = 0
-    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
-    started_at: float = field(default_factory=time.time)
-
-    def percentile(self, q: float) -> float | None:
-        """The q-th percentile (0..100) of recent event -> recommendation latencies, in ms."""
-        if not self.latencies_ms:
-            return None
-        return float(np.percentile(np.fromiter(self.latencies_ms, float), q))
-
-    def snapshot(self) -> dict[str, Any]:
-        """Every counter plus latency percentiles, as the /stats/ page shows them."""
-        counters = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("latencies_ms", "started_at")}
-        return {
-            **counters,
-            "latency_ms_p50": self.percentile(50),
-            "latency_ms_p95": self.percentile(95),
-            "latency_ms_p99": self.percentile(99),
-            "uptime_s": round(time.time() - self.started_at, 1),
-        }
-
-
-@dataclass
 class Recommendation:
     """One user's list, with what produced it (for the topic and the per-user explanation page)."""
 
@@ -118,7 +87,7 @@ class Pipeline:
         self.cparams = CollabParams.from_settings(settings)
         # Co-occurrence and popularity from the events this worker sees (its partitions' users): see README.
         self.collab = CollabState()
-        self.metrics = Metrics()
+        self.metrics = Metrics(top_k=settings.top_k)
         self.last_recommendations: OrderedDict[str, Recommendation] = OrderedDict()
         # One thread for the encoder: onnxruntime parallelises inside a run and releases the GIL.
         self._encoder_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
@@ -136,12 +105,17 @@ class Pipeline:
             if self._ready:
                 return
             loop = asyncio.get_running_loop()
-            if self.encoder is None:
-                self.encoder = await loop.run_in_executor(self._encoder_pool, load_encoder, self.settings)
-            if self.store is None:
-                self.store = open_item_store(self.settings)
-            await self.store.ensure_collection(self.encoder.dim)
-            self._ready = True
+            try:
+                if self.encoder is None:
+                    self.encoder = await loop.run_in_executor(self._encoder_pool, load_encoder, self.settings)
+                if self.store is None:
+                    self.store = open_item_store(self.settings)
+                await self.store.ensure_collection(self.encoder.dim)
+            except Exception as exc:
+                self.metrics.startup_error = f"pipeline failed to start: {type(exc).__name__}: {exc}"
+                raise
+            self._ready = self.metrics.ready = True
+            self.metrics.startup_error = ""
             log.info("pipeline ready: model=%s dim=%d provider=%s", self.encoder.manifest.name, self.encoder.dim,
                      self.encoder.provider)
 
@@ -156,7 +130,10 @@ class Pipeline:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._encoder_pool, lambda: self.encoder.encode(list(texts), kind=kind))
+        t0 = time.perf_counter()
+        out = await loop.run_in_executor(self._encoder_pool, lambda: self.encoder.encode(list(texts), kind=kind))
+        self.metrics.observe_encoder(len(texts), (time.perf_counter() - t0) * 1000)
+        return out
 
     # ---- items --------------------------------------------------------------------------------------------
     async def index_items(self, items: Sequence[ItemEvent]) -> None:
@@ -175,7 +152,8 @@ class Pipeline:
         if upserts:
             vectors = await self.encode([item.document() for item in upserts], kind="passage")
             records = [ItemRecord(item.item_id, vec, item.payload()) for item, vec in zip(upserts, vectors)]
-            await self.store.upsert(records)
+            with self.metrics.store_call("upsert"):
+                await self.store.upsert(records)
             for item, vec in zip(upserts, vectors):
                 self.item_vectors.put(item.item_id, vec)
             self.metrics.items_indexed += len(upserts)
@@ -191,7 +169,9 @@ class Pipeline:
                 found[item_id] = vec
         missing = sorted(set(item_ids) - found.keys())
         if missing:
-            for item_id, vec in (await self.store.get_vectors(missing)).items():
+            with self.metrics.store_call("get_vectors"):
+                stored = await self.store.get_vectors(missing)
+            for item_id, vec in stored.items():
                 found[item_id] = np.asarray(vec, np.float32)
                 self.item_vectors.put(item_id, found[item_id])
         return found
@@ -225,6 +205,7 @@ class Pipeline:
     def update_state(self, state: UserState, events: Sequence[BehaviourEvent], vectors: Sequence[np.ndarray]) -> UserState:
         """Fold a user's events (in arrival order) into the interest state and the collaborative counters."""
         for e, vec in zip(events, vectors):
+            self.metrics.online.next_event(e.user_id, e.type, e.item_id)  # before this event changes the counters
             if e.item_id and e.type != "dislike":
                 collab.observe(self.collab, e.item_id, consumed_items(state), e.ts, self.cparams)
             state = apply_event(state, vec, e.type, e.ts, e.item_id, self.params)
@@ -246,7 +227,11 @@ class Pipeline:
         limit = k + max((len(recent[u]) for u in states), default=0)
         hits_by_row = []
         if owners:
-            hits_by_row = await self.store.search(np.concatenate([slots[u][0] for u in owners]).astype(np.float32), limit)
+            t0 = time.perf_counter()
+            with self.metrics.store_call("search"):
+                hits_by_row = await self.store.search(np.concatenate([slots[u][0] for u in owners]).astype(np.float32),
+                                                      limit)
+            self.metrics.observe_search((time.perf_counter() - t0) * 1000)
         text: dict[str, dict[str, float]] = {u: {} for u in states}
         payloads: dict[str, dict] = {}
         row = 0
@@ -278,7 +263,11 @@ class Pipeline:
             items = [{"item_id": i, "score": float(f"{sc:.6g}"), "title": payloads.get(i, {}).get("title", "")}
                      for i, sc in ranked]
             out[u] = Recommendation(u, items, strategy, [round(float(w), 4) for w in weights])
+        bestsellers = collab.top_popular(self.collab, limit)  # the online evaluation's baseline list
         for user_id, rec in out.items():
+            seen = set(recent[user_id])
+            self.metrics.online.list_sent(user_id, [i["item_id"] for i in rec.items],
+                                          [i for i in bestsellers if i not in seen][:k])
             self.last_recommendations[user_id] = rec
             self.last_recommendations.move_to_end(user_id)
         while len(self.last_recommendations) > 10_000:
