@@ -100,23 +100,15 @@ async def run_batches(stream: faust.StreamT, handle: Callable[[list[EventT]], Aw
             log.exception("batch of %d from %s failed; dead-lettering it", len(events), events[0].message.topic)
             for event in events:
                 await send_dead_letter(dlq, event, f"processing failed: {type(exc).__name__}: {exc}")
-        pipeline.metrics.agent_batch_done(agent_name(current_agent()))
+        pipeline.metrics.agent_batch_done(getattr(current_agent(), "name", "?"))
 
 
-def agent_name(agent: Any) -> str:
-    return str(getattr(agent, "name", agent)).rsplit(".", 1)[-1]
-
-
-async def record_crash(agent: Any, exc: BaseException) -> None:
-    """Faust's on_error hook: an agent crash counts against the worker's health (see /health)."""
-    pipeline.metrics.agent_crashed(agent_name(agent), exc)
-
-
-@app.agent(items_topic, on_error=record_crash)
+@app.agent(items_topic)
 async def index_items(stream: faust.StreamT) -> None:
     """Catalogue events: encode new or changed items in batches, upsert them, delete deleted ones."""
-    await pipeline.start()
-    await run_batches(stream, handle_items_batch, items_dlq)
+    with pipeline.metrics.agent_running("index_items"):  # crashes count against /health
+        await pipeline.start()
+        await run_batches(stream, handle_items_batch, items_dlq)
 
 
 async def handle_items_batch(events: list[EventT]) -> None:
@@ -151,11 +143,12 @@ async def handle_items_batch(events: list[EventT]) -> None:
                 item_fingerprints[item.item_id] = fp
 
 
-@app.agent(behaviour_topic, on_error=record_crash)
+@app.agent(behaviour_topic)
 async def process_behaviour(stream: faust.StreamT) -> None:
     """Behaviour events: update each user's interest and push one recommendation per user per batch."""
-    await pipeline.start()
-    await run_batches(stream, handle_behaviour_batch, behaviour_dlq)
+    with pipeline.metrics.agent_running("process_behaviour"):  # crashes count against /health
+        await pipeline.start()
+        await run_batches(stream, handle_behaviour_batch, behaviour_dlq)
 
 
 def load_state(user_id: str, raw: bytes | None) -> UserState:
@@ -226,15 +219,22 @@ async def declare_topics() -> None:
     """Create the input, output and DLQ topics with the configured partitions before the worker subscribes.
 
     Faust ignores a source topic that does not exist yet when it subscribes, so a fresh broker must have them first.
+    Existing topics (and the tables' changelogs) must have the configured partitions: StartupError otherwise.
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+    from stream_app.startup import check_partitions
+
     wanted = {t.get_topic_name(): t.partitions or settings.topic_partitions
               for t in (items_topic, behaviour_topic, recommendations_topic, behaviour_dlq, items_dlq)}
+    changelogs = {t.changelog_topic.get_topic_name(): settings.topic_partitions for t in app.tables.values()}
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        present = [name for name in {**wanted, **changelogs} if name in existing]
+        found = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(present)} if present else {}
+        check_partitions({**wanted, **changelogs}, found, settings)
         missing = [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in wanted.items()
                    if name not in existing]
         if missing:

@@ -15,7 +15,6 @@ type; cumulative counts go to Prometheus.
 from __future__ import annotations
 
 import bisect
-import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -199,14 +198,22 @@ class Metrics:
         self.dead_letter_log.append({"at": time.time(), "topic": topic, "partition": partition, "offset": offset,
                                      "key": key, "reason": reason[:500]})
 
-    def agent_started(self, name: str) -> None:
+    @contextmanager
+    def agent_running(self, name: str) -> Iterator[None]:
+        """Wrap an agent's body: records its start and any crash (the exception goes on to Faust's supervisor)."""
+        name = short_name(name)
         self.agents.setdefault(name, AgentHealth()).started_at = time.time()
+        try:
+            yield
+        except Exception as exc:
+            self.agent_crashed(name, exc)
+            raise
 
     def agent_batch_done(self, name: str) -> None:
-        self.agents.setdefault(name, AgentHealth()).last_batch_at = time.time()
+        self.agents.setdefault(short_name(name), AgentHealth()).last_batch_at = time.time()
 
     def agent_crashed(self, name: str, exc: BaseException) -> None:
-        health = self.agents.setdefault(name, AgentHealth())
+        health = self.agents.setdefault(short_name(name), AgentHealth())
         health.crashes.append(time.time())
         health.last_error = f"{type(exc).__name__}: {exc}"[:300]
 
@@ -353,5 +360,6 @@ class MetricsCollector(Collector):
         yield rate
 
 
-def finite_or_none(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
+def short_name(name: str) -> str:
+    """An agent's name without its module path (stream_app.app.index_items -> index_items)."""
+    return str(name).rsplit(".", 1)[-1]
