@@ -53,10 +53,13 @@ def worker_command(faust_args: list[str]) -> int:
         lock_data_dir(settings.data_dir)
         bind = getattr(settings, "web_bind", None) or "0.0.0.0"
         check_port(bind, settings.web_port)
-        log.info("loading the encoder model %s", settings.model_dir or settings.model_name)
-        encoder = load_model(settings)
-        from stream_app.app import app, declare_topics, pipeline
+        try:
+            from stream_app.app import app, declare_topics, pipeline
+        except Exception as exc:  # noqa: BLE001 - e.g. Faust refusing a setting (ImproperlyConfigured)
+            raise StartupError(f"cannot set up the Faust app from the STREAM_APP_* settings: {exc}", 2) from None
 
+        aiokafka_log = logging.getLogger("aiokafka")
+        level, aiokafka_log.level = aiokafka_log.level, logging.CRITICAL  # our one line says it
         try:
             asyncio.run(asyncio.wait_for(declare_topics(), timeout=30))
         except StartupError:
@@ -64,9 +67,13 @@ def worker_command(faust_args: list[str]) -> int:
         except Exception as exc:  # noqa: BLE001 - the broker's failure is reported in one line
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise StartupError(f"cannot reach Kafka at STREAM_APP_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}: "
-                               f"{type(exc).__name__} {detail}") from None
+                               f"{detail}") from None
+        finally:
+            aiokafka_log.setLevel(level)
+        log.info("loading the encoder model %s", settings.model_dir or settings.model_name)
+        encoder = load_model(settings)
     except StartupError as exc:
-        return fail(str(exc))
+        return fail(str(exc), exc.exit_code)
     pipeline.encoder = encoder  # loaded once, above
     logging.getLogger("aiokafka.consumer.group_coordinator").addFilter(CoordinatorNoise())
     with warnings.catch_warnings():  # set before the worker exists; Faust warns about any late conf change
@@ -250,7 +257,7 @@ def run_tool(args: argparse.Namespace) -> int:
                     out(line)
             return 0
     except (StartupError, ToolError) as exc:
-        return fail(str(exc))
+        return fail(str(exc), getattr(exc, "exit_code", 1))
     return fail(f"unknown command {args.command}", 2)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
 ENCODER_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
@@ -71,7 +72,7 @@ class Histogram:
 
     def family(self, name: str, doc: str) -> HistogramMetricFamily:
         cumulative, acc = [], 0
-        for bound, count in zip([*map(str, self.buckets), "+Inf"], self.counts):
+        for bound, count in zip([*map(floatToGoString, self.buckets), "+Inf"], self.counts):
             acc += count
             cumulative.append((bound, acc))
         return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=self.total)

@@ -20,7 +20,11 @@ ENV_PREFIX = "STREAM_APP_"
 
 
 class StartupError(RuntimeError):
-    """A check before start failed; the message is the one line shown to the operator."""
+    """A check before start failed; the message is the one line shown to the operator (exit 2: bad settings)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def env_name(field: str) -> str:
@@ -42,7 +46,7 @@ def load_settings() -> Any:
             name = env_name(field)
             got = os.environ.get(name)
             problems.append(f"{name}={got!r}: {err.get('msg')}" if got is not None else f"{name}: {err.get('msg')}")
-        raise StartupError("invalid settings: " + "; ".join(problems)) from None
+        raise StartupError("invalid settings: " + "; ".join(problems), exit_code=2) from None
 
 
 _LOCKS: list[IO[str]] = []  # held for the life of the process
