@@ -215,8 +215,13 @@ def dashboard_data(pipeline: Pipeline, settings: Settings) -> dict[str, Any]:
     }
 
 
-def consumer_lag(app: faust.App, topics: set[str]) -> dict[str, int]:
-    """Messages behind the end of each assigned input partition ("topic[p]" -> n)."""
+def consumer_lag(app: faust.App, topics: set[str], committed: dict[tuple[str, int], int]) -> dict[str, int]:
+    """Messages behind the end of each assigned input partition ("topic[p]" -> n).
+
+    The position is the later of this worker's last read offset + 1 and the group's committed offset (read from
+    the broker: after a rebalance a worker holds partitions it has not read yet). Partitions without a known end
+    or position are left out rather than guessed.
+    """
     out: dict[str, int] = {}
     try:
         consumer = app.consumer
@@ -224,7 +229,6 @@ def consumer_lag(app: faust.App, topics: set[str]) -> dict[str, int]:
     except Exception:  # noqa: BLE001 - not started yet
         return out
     read = app.monitor.tp_read_offsets if app.monitor else {}
-    committed = app.monitor.tp_committed_offsets if app.monitor else {}
     for tp in assignment:
         if tp.topic not in topics:
             continue
@@ -232,11 +236,18 @@ def consumer_lag(app: faust.App, topics: set[str]) -> dict[str, int]:
             high = consumer.highwater(tp)
         except Exception:  # noqa: BLE001 - no fetch yet for this partition
             continue
-        if high is None:
+        known = [v for v in (read[tp] + 1 if tp in read else None, committed.get((tp.topic, tp.partition)))
+                 if v is not None]
+        if high is None or not known:
             continue
-        position = read[tp] + 1 if tp in read else committed.get(tp, 0)
-        out[f"{tp.topic}[{tp.partition}]"] = max(int(high) - int(position), 0)
+        out[f"{tp.topic}[{tp.partition}]"] = max(int(high) - max(known), 0)
     return out
+
+
+async def group_offsets(admin: Any, group: str) -> dict[tuple[str, int], int]:
+    """The consumer group's committed offsets, (topic, partition) -> next offset to read."""
+    offsets = await admin.list_consumer_group_offsets(group)
+    return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 
 # ---- registration ------------------------------------------------------------------------------------------------
@@ -340,11 +351,11 @@ def register_pages(app: faust.App, pipeline: Pipeline, user_state: faust.types.T
     async def user_view_noslash(web: Any, request: Request, user_id: str) -> Response:
         return await user_page(web, request, user_id)
 
-    state = {"last_state_refresh": 0.0}
+    state: dict[str, Any] = {"last_state_refresh": 0.0, "committed": {}, "admin": None}
 
     @app.timer(SAMPLE_EVERY_S)
     async def sample_metrics() -> None:
-        """Refresh state sizes (every 10 s) and lag, then add one point to the dashboard's series."""
+        """Refresh state sizes and committed offsets (every 10 s) and lag, then add a point to the series."""
         m = pipeline.metrics
         now = time.monotonic()
         if now - state["last_state_refresh"] >= STATE_EVERY_S and m.ready and pipeline.store is not None:
@@ -353,7 +364,20 @@ def register_pages(app: faust.App, pipeline: Pipeline, user_state: faust.types.T
                 with m.store_call("count"):
                     m.catalogue_size = await pipeline.store.count()
                 m.users = len(user_state)
-            except Exception as exc:  # noqa: BLE001 - a failed count must not stop the sampler
-                log.warning("state size refresh failed: %s", exc)
-        m.lag = consumer_lag(app, input_names)
+                if state["admin"] is None:
+                    from aiokafka.admin import AIOKafkaAdminClient
+
+                    options = getattr(settings, "kafka_client_options", None)
+                    state["admin"] = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
+                                                         **(dict(options()) if callable(options) else {}))
+                    await state["admin"].start()
+                state["committed"] = await group_offsets(state["admin"], app.conf.id)
+            except Exception as exc:  # noqa: BLE001 - a failed refresh must not stop the sampler
+                log.warning("state size / offsets refresh failed: %s", exc)
+        m.lag = consumer_lag(app, input_names, state["committed"])
         m.sample()
+
+    @app.on_before_shutdown.connect
+    async def close_admin(app: Any, **kwargs: Any) -> None:
+        if state["admin"] is not None:
+            await state["admin"].close()

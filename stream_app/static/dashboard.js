@@ -58,8 +58,12 @@ function drawChart(c, series) {
   }
   const value = (p, key) => c.lag ? (p.lag || {})[key] : p[key];
   const t0 = series.length ? series[0].t : 0, t1 = series.length ? series[series.length - 1].t : 1;
-  let max = 0;
-  for (const [key] of lines) for (const p of series) { const v = value(p, key); if (v > max) max = v; }
+  let max = 0, any = false;
+  for (const [key] of lines) for (const p of series) {
+    const v = value(p, key);
+    if (v !== null && v !== undefined) any = true;
+    if (v > max) max = v;
+  }
   max = max > 0 ? max * 1.1 : 1;
   const x = t => PAD + (W - 2 * PAD) * (t1 > t0 ? (t - t0) / (t1 - t0) : 1);
   const y = v => H - PAD - (H - 2 * PAD) * v / max;
@@ -74,7 +78,13 @@ function drawChart(c, series) {
   for (const [key, colour] of lines) {
     const pts = series.filter(p => value(p, key) !== null && value(p, key) !== undefined)
                       .map(p => `${x(p.t).toFixed(1)},${y(value(p, key)).toFixed(1)}`);
-    if (pts.length) {
+    if (pts.length === 1) {  // a single point: a dot, not an invisible line
+      const [cx, cy] = pts[0].split(",");
+      const dot = document.createElementNS(svg.namespaceURI, "circle");
+      dot.setAttribute("cx", cx); dot.setAttribute("cy", cy); dot.setAttribute("r", "2.5");
+      dot.setAttribute("fill", colour);
+      svg.append(dot);
+    } else if (pts.length) {
       const pl = document.createElementNS(svg.namespaceURI, "polyline");
       pl.setAttribute("points", pts.join(" "));
       pl.setAttribute("stroke", colour);
@@ -92,7 +102,7 @@ function drawChart(c, series) {
   }
   document.getElementById("last-" + c.id).textContent =
     lines.length === 1 ? fmt(last[0]) : (c.lag ? "max " + fmt(Math.max(0, ...last.filter(v => v !== null)), 0) : "");
-  const scale = el("span", {class: "scale"}, "max " + fmt(max / 1.1));
+  const scale = el("span", {class: "scale"}, any ? "max " + fmt(max / 1.1) : "no data in this window");
   legend.append(scale);
 }
 
