@@ -76,20 +76,23 @@ function drawChart(c, series) {
   legend.replaceChildren();
   let last = [];
   for (const [key, colour] of lines) {
-    const pts = series.filter(p => value(p, key) !== null && value(p, key) !== undefined)
-                      .map(p => `${x(p.t).toFixed(1)},${y(value(p, key)).toFixed(1)}`);
-    if (pts.length === 1) {  // a single point: a dot, not an invisible line
-      const [cx, cy] = pts[0].split(",");
-      const dot = document.createElementNS(svg.namespaceURI, "circle");
-      dot.setAttribute("cx", cx); dot.setAttribute("cy", cy); dot.setAttribute("r", "2.5");
-      dot.setAttribute("fill", colour);
-      svg.append(dot);
-    } else if (pts.length) {
-      const pl = document.createElementNS(svg.namespaceURI, "polyline");
-      pl.setAttribute("points", pts.join(" "));
-      pl.setAttribute("stroke", colour);
-      pl.setAttribute("vector-effect", "non-scaling-stroke");
-      svg.append(pl);
+    // Interval values (latency, encoder, search) exist only where work happened: the line joins the points
+    // that have one; a lone point is drawn as a dot.
+    const runs = [series.filter(p => value(p, key) !== null && value(p, key) !== undefined)
+                        .map(p => [x(p.t), y(value(p, key))])];
+    for (const run of runs) {
+      if (run.length === 1) {
+        const dot = document.createElementNS(svg.namespaceURI, "circle");
+        dot.setAttribute("cx", run[0][0].toFixed(1)); dot.setAttribute("cy", run[0][1].toFixed(1));
+        dot.setAttribute("r", "2.5"); dot.setAttribute("fill", colour);
+        svg.append(dot);
+      } else if (run.length) {
+        const pl = document.createElementNS(svg.namespaceURI, "polyline");
+        pl.setAttribute("points", run.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(" "));
+        pl.setAttribute("stroke", colour);
+        pl.setAttribute("vector-effect", "non-scaling-stroke");
+        svg.append(pl);
+      }
     }
     const lastPoint = [...series].reverse().find(p => value(p, key) !== null && value(p, key) !== undefined);
     last.push(lastPoint ? value(lastPoint, key) : null);
@@ -139,7 +142,8 @@ function render(d) {
   badge.className = "badge " + (h.ok ? "ok" : "bad");
   document.getElementById("problems").textContent = h.problems.join(" · ");
   document.getElementById("model").textContent = `${d.info.model} (${d.info.graph}, dim ${d.info.dim ?? "–"})`;
-  document.getElementById("provider").textContent = `${d.info.provider ?? "–"} · ${d.info.store}`;
+  document.getElementById("provider").textContent =
+    `${(d.info.provider ?? "–").replace("ExecutionProvider", "")} · ${d.info.store}`;
   const c = d.counters;
   document.getElementById("catalogue").textContent = fmt(c.catalogue_size, 0);
   document.getElementById("users").textContent = fmt(c.users, 0);
