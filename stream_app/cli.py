@@ -163,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("export-model", help="export a model folder (ONNX fp32 + int8, tokenizer, manifest)")
     m.add_argument("--model", help="model name (default: STREAM_APP_MODEL_NAME)")
 
+    f = sub.add_parser("forget", help="forget a user: delete their state and every trace the worker keeps",
+                       description="Sends a `forget` event for the user to the behaviour topic; the worker that owns "
+                                   "the user deletes the state (a changelog tombstone) and the user's traces.")
+    f.add_argument("user_id")
+
     sub.add_parser("eval", help="offline replay evaluation (stream-app eval --help)", add_help=False)
     sub.add_parser("bench", help="benchmarks that print numbers (stream-app bench --help)", add_help=False)
     return parser
@@ -216,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_tool(args: argparse.Namespace) -> int:
-    """Commands that need the settings: produce, tail, explain, export-model (one-line errors)."""
-    from stream_app.console import ToolError, fetch_user, format_explanation, out, produce, tail
+    """Commands that need the settings: produce, tail, explain, forget, export-model (one-line errors)."""
+    from stream_app.console import ToolError, fetch_user, forget, format_explanation, out, produce, tail
     from stream_app.startup import StartupError, load_settings
 
     try:
@@ -243,6 +248,10 @@ def run_tool(args: argparse.Namespace) -> int:
                                  client_options(settings)))
             except KeyboardInterrupt:
                 pass
+            return 0
+        if args.command == "forget":
+            event_id = asyncio.run(forget(args.user_id, settings, client_options(settings)))
+            out(f"forget event {event_id} sent to {settings.behaviour_topic}")
             return 0
         if args.command == "explain":
             headers = {}

@@ -113,6 +113,27 @@ async def produce(path: str, topic: str | None, settings: Any, client_options: d
     return report
 
 
+async def forget(user_id: str, settings: Any, client_options: dict[str, Any]) -> str:
+    """Send a `forget` event for the user (keyed by user_id, so it reaches the owner's partition); its event_id."""
+    import uuid
+
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaConnectionError
+
+    event = {"event_id": f"forget-{uuid.uuid4().hex}", "user_id": user_id, "type": "forget", "ts": time.time()}
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, **client_options)
+    try:
+        await producer.start()
+    except KafkaConnectionError as exc:
+        raise ToolError(f"cannot reach Kafka at STREAM_APP_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}: {exc}") from None
+    try:
+        await producer.send_and_wait(settings.behaviour_topic, json.dumps(event, ensure_ascii=False).encode(),
+                                     key=user_id.encode())
+    finally:
+        await producer.stop()
+    return event["event_id"]
+
+
 # ---- tail ---------------------------------------------------------------------------------------------------------
 def clock(ts: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else "--:--:--"

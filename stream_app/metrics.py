@@ -146,14 +146,16 @@ class AgentHealth:
 class Metrics:
     """Counters, histograms, DLQ tail, agent health and online evaluation of one worker (see module doc)."""
 
-    COUNTERS = ("events", "batches", "recommendations", "dead_letters", "items_indexed", "items_deleted",
-                "items_unchanged")
+    COUNTERS = ("events", "batches", "recommendations", "dead_letters", "duplicates", "forgotten", "items_indexed",
+                "items_deleted", "items_unchanged")
 
     def __init__(self, top_k: int = 10, crash_window_s: float = 60.0, store_stuck_s: float = 30.0) -> None:
         self.events = 0
         self.batches = 0
         self.recommendations = 0
         self.dead_letters = 0
+        self.duplicates = 0  # redelivered events recognised by their event_id and not applied again
+        self.forgotten = 0  # users deleted by a `forget` event
         self.items_indexed = 0
         self.items_deleted = 0
         self.items_unchanged = 0
@@ -209,6 +211,13 @@ class Metrics:
         except Exception as exc:
             self.agent_crashed(name, exc)
             raise
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop what the metrics hold about a user: the list awaiting its next event, their dead letters' keys."""
+        self.online.forget(user_id)
+        kept = [r for r in self.dead_letter_log if r["key"] != user_id]
+        self.dead_letter_log.clear()
+        self.dead_letter_log.extend(kept)
 
     def agent_batch_done(self, name: str) -> None:
         self.agents.setdefault(short_name(name), AgentHealth()).last_batch_at = time.time()
@@ -310,6 +319,8 @@ class MetricsCollector(Collector):
         m, p = self.metrics, self.prefix
         docs = {"events": "behaviour events applied to user state", "batches": "behaviour batches handled",
                 "recommendations": "recommendation lists sent", "dead_letters": "messages sent to a dead-letter topic",
+                "duplicates": "redelivered events recognised by event_id and not applied again",
+                "forgotten": "users deleted by a forget event",
                 "items_indexed": "catalogue items encoded and upserted", "items_deleted": "catalogue items deleted",
                 "items_unchanged": "catalogue re-sends skipped as unchanged"}
         for name in Metrics.COUNTERS:

@@ -204,13 +204,22 @@ class Pipeline:
 
     def update_state(self, state: UserState, events: Sequence[BehaviourEvent], vectors: Sequence[np.ndarray]) -> UserState:
         """Fold a user's events (in arrival order) into the interest state and the collaborative counters."""
+        observed = []  # the counters change only once every event folded in (apply_event may raise)
         for e, vec in zip(events, vectors):
-            self.metrics.online.next_event(e.user_id, e.type, e.item_id)  # before this event changes the counters
             if e.item_id and e.type != "dislike":
-                collab.observe(self.collab, e.item_id, consumed_items(state), e.ts, self.cparams)
+                observed.append((e.item_id, consumed_items(state), e.ts))
             state = apply_event(state, vec, e.type, e.ts, e.item_id, self.params)
+        for e in events:  # online evaluation: each user's next event against the last list sent
+            self.metrics.online.next_event(e.user_id, e.type, e.item_id)
+        for item_id, previous, ts in observed:
+            collab.observe(self.collab, item_id, previous, ts, self.cparams)
         self.metrics.events += len(events)
         return state
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop every per-user trace this worker keeps outside the state table (the last list sent, metrics)."""
+        self.last_recommendations.pop(user_id, None)
+        self.metrics.forget_user(user_id)
 
     async def recommend(self, states: dict[str, UserState], now: float) -> dict[str, Recommendation]:
         """Top-k per user: slot search (one batched call) + co-occurring + popular candidates, re-ranked by the blend.

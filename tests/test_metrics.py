@@ -74,6 +74,9 @@ def test_prometheus_view_reads_the_same_numbers():
     assert s["stream_app_online_hit_rate{event_type=all,list=served}"] == 1.0
     assert s["stream_app_consumer_lag{partition=behaviour[0]}"] == 5
     assert m.snapshot()["events"] == 7 and m.dead_letter_log[-1]["key"] == "小明"
+    m.online.list_sent("小明", ["a"], ["b"])
+    m.forget_user("小明")  # a forgotten user leaves no trace in the metrics
+    assert not m.dead_letter_log and "小明" not in m.online.pending
 
 
 def test_health_is_not_ok_until_ready_and_while_an_agent_crash_loops():
