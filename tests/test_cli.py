@@ -43,9 +43,10 @@ def test_pass_through_commands_have_help(command, capsys):
 
 
 def test_worker_help_needs_no_broker():
-    result = run_cli("worker", "--help")
-    assert result.returncode == 0, result.stderr
-    assert "--loglevel" in result.stdout
+    for args in (("worker", "--help"), ("-v", "worker", "--help")):
+        result = run_cli(*args)
+        assert result.returncode == 0, result.stderr
+        assert "--loglevel" in result.stdout
 
 
 def test_usage_errors_exit_2_with_one_line(capsys):
