@@ -238,6 +238,8 @@ def consumer_lag(app: faust.App, topics: set[str], committed: dict[tuple[str, in
             continue
         known = [v for v in (read[tp] + 1 if tp in read else None, committed.get((tp.topic, tp.partition)))
                  if v is not None]
+        if high is not None and not known and int(high) == 0:
+            known = [0]  # an empty partition: nothing to be behind on
         if high is None or not known:
             continue
         out[f"{tp.topic}[{tp.partition}]"] = max(int(high) - max(known), 0)

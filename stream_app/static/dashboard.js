@@ -64,6 +64,7 @@ function drawChart(c, series) {
     if (v !== null && v !== undefined) any = true;
     if (v > max) max = v;
   }
+  const top = max;
   max = max > 0 ? max * 1.1 : 1;
   const x = t => PAD + (W - 2 * PAD) * (t1 > t0 ? (t - t0) / (t1 - t0) : 1);
   const y = v => H - PAD - (H - 2 * PAD) * v / max;
@@ -105,7 +106,7 @@ function drawChart(c, series) {
   }
   document.getElementById("last-" + c.id).textContent =
     lines.length === 1 ? fmt(last[0]) : (c.lag ? "max " + fmt(Math.max(0, ...last.filter(v => v !== null)), 0) : "");
-  const scale = el("span", {class: "scale"}, any ? "max " + fmt(max / 1.1) : "no data in this window");
+  const scale = el("span", {class: "scale"}, any ? "max " + fmt(top) : "no data in this window");
   legend.append(scale);
 }
 
