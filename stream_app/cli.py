@@ -25,9 +25,10 @@ def fail(message: str, code: int = 1) -> int:
 
 
 def client_options(settings: Any) -> dict[str, Any]:
-    """Extra aiokafka client keyword arguments from the settings (security settings, where the settings have them)."""
-    maker = getattr(settings, "kafka_client_options", None)
-    return dict(maker()) if callable(maker) else {}
+    """aiokafka keyword arguments beyond the bootstrap address: the Kafka security settings (STREAM_APP_KAFKA_*)."""
+    from stream_app.kafka_security import client_kwargs
+
+    return {k: v for k, v in client_kwargs(settings).items() if k != "bootstrap_servers"}
 
 
 def worker_command(faust_args: list[str]) -> int:

@@ -147,7 +147,8 @@ class Metrics:
     """Counters, histograms, DLQ tail, agent health and online evaluation of one worker (see module doc)."""
 
     COUNTERS = ("events", "batches", "recommendations", "dead_letters", "duplicates", "forgotten", "items_indexed",
-                "items_deleted", "items_unchanged")
+                "items_deleted", "items_unchanged", "encoded_texts", "encoder_calls", "encoder_s", "encoder_batch_max",
+                "store_searches", "store_record_calls", "cache_hits")
 
     def __init__(self, top_k: int = 10, crash_window_s: float = 60.0, store_stuck_s: float = 30.0) -> None:
         self.events = 0
@@ -159,6 +160,14 @@ class Metrics:
         self.items_indexed = 0
         self.items_deleted = 0
         self.items_unchanged = 0
+        # Throughput counters of the pipeline (the pipeline benchmark reads them from /stats/).
+        self.encoded_texts = 0
+        self.encoder_calls = 0
+        self.encoder_s = 0.0
+        self.encoder_batch_max = 0
+        self.store_searches = 0
+        self.store_record_calls = 0
+        self.cache_hits = 0
         self.started_at = time.time()
         self.latency_ms = Histogram(LATENCY_BUCKETS_MS)
         self.encoder_ms = Histogram(ENCODER_BUCKETS_MS, window=2000)
@@ -271,6 +280,8 @@ class Metrics:
             "latency_ms_p50": self.latency_ms.percentile(50),
             "latency_ms_p95": self.latency_ms.percentile(95),
             "latency_ms_p99": self.latency_ms.percentile(99),
+            "search_ms_p50": self.search_ms.percentile(50),
+            "search_ms_p99": self.search_ms.percentile(99),
             "uptime_s": round(time.time() - self.started_at, 1),
             "catalogue_size": self.catalogue_size,
             "users": self.users,
@@ -321,6 +332,10 @@ class MetricsCollector(Collector):
                 "recommendations": "recommendation lists sent", "dead_letters": "messages sent to a dead-letter topic",
                 "duplicates": "redelivered events recognised by event_id and not applied again",
                 "forgotten": "users deleted by a forget event",
+                "encoded_texts": "texts encoded", "encoder_calls": "hops to the encoder thread",
+                "encoder_s": "seconds spent encoding", "encoder_batch_max": "largest encoder call (texts)",
+                "store_searches": "batched vector-store searches", "store_record_calls": "vector-store record reads",
+                "cache_hits": "item records served from the in-memory cache",
                 "items_indexed": "catalogue items encoded and upserted", "items_deleted": "catalogue items deleted",
                 "items_unchanged": "catalogue re-sends skipped as unchanged"}
         for name in Metrics.COUNTERS:

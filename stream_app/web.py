@@ -28,6 +28,7 @@ from stream_app import collab
 from stream_app.explain import attention_weights, because, cooc_contributions, score_parts
 from stream_app.interest import consumed_items, decode_state, interest_vectors
 from stream_app.metrics import MetricsCollector
+from stream_app.webauth import user_data_guard
 
 if TYPE_CHECKING:
     from stream_app.pipeline import Pipeline
@@ -75,11 +76,10 @@ async def explain_user(pipeline: Pipeline, raw_state: bytes | None, user_id: str
                                else (None, []))
     recent = consumed_items(state)[-RECENT_SHOWN:] if state is not None else []
     rec_ids = [i["item_id"] for i in rec.items] if rec is not None else []
-    vectors = await pipeline.item_vectors_for(sorted(set(recent) | set(rec_ids))) if pipeline.store else {}
-    titles = {i["item_id"]: i.get("title", "") for i in (rec.items if rec else [])}
-    unknown = [i for i in recent if i not in titles]
-    if unknown and pipeline.store is not None:
-        titles.update({i: p.get("title", "") for i, p in (await pipeline.store.get_payloads(unknown)).items()})
+    records = await pipeline.records_for(sorted(set(recent) | set(rec_ids))) if pipeline.store else {}
+    vectors = {i: r.vector for i, r in records.items()}
+    titles = {i: r.payload.get("title", "") for i, r in records.items()}
+    titles.update({i["item_id"]: i.get("title", "") for i in (rec.items if rec else []) if i.get("title")})
     if state is not None:
         shown = [i for i in recent if i in vectors]
         att = attention_weights(np.stack([vectors[i] for i in shown]) if shown else np.zeros((0, state.dim)),
@@ -326,6 +326,9 @@ def register_pages(app: faust.App, pipeline: Pipeline, user_state: faust.types.T
 
     @app.page("/api/dashboard")
     class DashboardData(View):
+        """Everything the dashboard shows; it names users (latest lists, dead-letter keys), so it is guarded."""
+
+        @user_data_guard(settings)
         async def get(self, request: Request) -> Response:
             return typed(self, json_bytes(dashboard_data(pipeline, settings)), JSON_TYPE)
 
@@ -355,12 +358,14 @@ def register_pages(app: faust.App, pipeline: Pipeline, user_state: faust.types.T
         return web.html(render_user_page(data))
 
     @app.page("/users/{user_id}/")
+    @user_data_guard(settings)
     @app.table_route(table=user_state, match_info="user_id")
     async def user_view(web: Any, request: Request, user_id: str) -> Response:
         """Why this user gets what they get (routed to the worker that owns the user's partition)."""
         return await user_page(web, request, user_id)
 
     @app.page("/users/{user_id}")
+    @user_data_guard(settings)
     @app.table_route(table=user_state, match_info="user_id")
     async def user_view_noslash(web: Any, request: Request, user_id: str) -> Response:
         return await user_page(web, request, user_id)
@@ -381,9 +386,9 @@ def register_pages(app: faust.App, pipeline: Pipeline, user_state: faust.types.T
                 if state["admin"] is None:
                     from aiokafka.admin import AIOKafkaAdminClient
 
-                    options = getattr(settings, "kafka_client_options", None)
-                    state["admin"] = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
-                                                         **(dict(options()) if callable(options) else {}))
+                    from stream_app.kafka_security import client_kwargs
+
+                    state["admin"] = AIOKafkaAdminClient(**client_kwargs(settings))
                     await state["admin"].start()
                 state["committed"] = await group_offsets(state["admin"], app.conf.id)
             except Exception as exc:  # noqa: BLE001 - a failed refresh must not stop the sampler
