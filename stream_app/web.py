@@ -336,6 +336,9 @@ def register_pages(app: faust.App, pipeline: Pipeline, user_state: faust.types.T
 
     @app.page("/dashboard")
     class Dashboard(View):
+        """The dashboard shell (its data comes from /api/dashboard); guarded like the data, which names users."""
+
+        @user_data_guard(settings)
         async def get(self, request: Request) -> Response:
             return self.html(dashboard_html)
 

@@ -182,7 +182,15 @@ function render(d) {
 async function poll() {
   try {
     const r = await fetch("/api/dashboard", {headers: {Accept: "application/json"}});
-    render(await r.json());
+    const body = await r.json();
+    if (!r.ok) {  // 401/403: user data needs the web token (or a loopback client)
+      const badge = document.getElementById("health");
+      badge.textContent = r.status === 401 || r.status === 403 ? "access denied" : "error " + r.status;
+      badge.className = "badge bad";
+      document.getElementById("problems").textContent = body.error || "";
+      return;
+    }
+    render(body);
   } catch (err) {
     const badge = document.getElementById("health");
     badge.textContent = "unreachable";
