@@ -21,6 +21,7 @@ from faust.types import EventT
 from stream_app.events import BehaviourEvent, EventError, dead_letter, parse_behaviour, parse_item
 from stream_app.interest import UserState, decode_state, encode_state, new_state
 from stream_app.pipeline import Pipeline, UnknownItem, item_fingerprint
+from stream_app.replica import Replicas, publish_items, register_replica_pages
 from stream_app.settings import get_settings
 from stream_app.web import register_pages
 
@@ -37,6 +38,7 @@ app = faust.App(
     web_port=settings.web_port,
     web_host=settings.web_host,
     producer_linger_ms=1,
+    table_standby_replicas=settings.table_standby_replicas,
 )
 
 # Inputs are read as raw bytes so that a malformed message can be forwarded to the DLQ exactly as it came.
@@ -48,6 +50,9 @@ recommendations_topic = app.topic(settings.recommendations_topic, key_type=str, 
                                   value_serializer="json", partitions=settings.topic_partitions)
 behaviour_dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="json", partitions=1)
 items_dlq = app.topic(settings.items_dlq_topic, key_serializer="raw", value_serializer="json", partitions=1)
+# Encoded items for every worker's embedded store (compacted; written by index_items, read by stream_app.replica).
+item_vectors_topic = app.topic(settings.item_vectors_topic, key_type=bytes, value_type=bytes, value_serializer="raw",
+                               partitions=settings.topic_partitions)
 
 def raw_table(name: str, help: str) -> faust.Table:
     """A table of str keys and bytes values stored as they are (Faust would otherwise JSON-encode both)."""
@@ -63,6 +68,7 @@ user_state = raw_table("user-state", "user_id -> packed interest state (stream_a
 item_fingerprints = raw_table("item-fingerprints", "item_id -> fingerprint of what was indexed (skips unchanged re-sends)")
 
 pipeline = Pipeline(settings)
+replicas = Replicas(settings, pipeline)
 
 
 @contextmanager
@@ -125,7 +131,8 @@ async def handle_items_batch(events: list[EventT]) -> None:
             changed.append((event, item, fp))
     if not changed:
         return
-    await pipeline.index_items([item for _, item, _ in changed])
+    await publish_items(pipeline, [(item, fp.decode() if fp else None) for _, item, fp in changed],
+                        None if settings.qdrant_url else send_item_vector)
     # Only after the store took them, so a crash in between re-indexes on replay instead of skipping.
     for event, item, fp in changed:
         with event_context(event):
@@ -135,10 +142,22 @@ async def handle_items_batch(events: list[EventT]) -> None:
                 item_fingerprints[item.item_id] = fp
 
 
+async def send_item_vector(key: bytes, value: bytes | None) -> Awaitable[Any]:
+    """Publish one encoded item (or a tombstone) to item-vectors; returns the broker's acknowledgement."""
+    return await app.producer.send(item_vectors_topic.get_topic_name(), key, value, None, None, None)
+
+
+@app.task
+async def run_replicas() -> None:
+    """This worker's whole-catalogue replica and whole-stream signal feed (stream_app.replica)."""
+    await replicas.run()
+
+
 @app.agent(behaviour_topic)
 async def process_behaviour(stream: faust.StreamT) -> None:
     """Behaviour events: update each user's interest and push one recommendation per user per batch."""
     await pipeline.start()
+    await replicas.ready()  # never serve from a partial catalogue or signal
     await run_batches(stream, handle_behaviour_batch, behaviour_dlq)
 
 
@@ -204,6 +223,7 @@ async def handle_behaviour_batch(events: list[EventT]) -> None:
 
 
 register_pages(app, pipeline, user_state, settings)
+register_replica_pages(app, replicas)
 
 
 async def declare_topics() -> None:
@@ -214,13 +234,14 @@ async def declare_topics() -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     wanted = {t.get_topic_name(): t.partitions or settings.topic_partitions
-              for t in (items_topic, behaviour_topic, recommendations_topic, behaviour_dlq, items_dlq)}
+              for t in (items_topic, behaviour_topic, recommendations_topic, behaviour_dlq, items_dlq, item_vectors_topic)}
+    configs = {item_vectors_topic.get_topic_name(): {"cleanup.policy": "compact"}}
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in wanted.items()
-                   if name not in existing]
+        missing = [NewTopic(name, num_partitions=n, replication_factor=1, topic_configs=configs.get(name, {}))
+                   for name, n in wanted.items() if name not in existing]
         if missing:
             await admin.create_topics(missing)
             log.info("created topics %s", [t.name for t in missing])

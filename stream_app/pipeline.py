@@ -72,7 +72,8 @@ class Metrics:
     batches: int = 0
     recommendations: int = 0
     dead_letters: int = 0
-    items_indexed: int = 0
+    items_indexed: int = 0  # written into this worker's store
+    items_encoded: int = 0  # encoded by this worker (each item by one worker only)
     items_deleted: int = 0
     items_unchanged: int = 0
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
@@ -116,7 +117,7 @@ class Pipeline:
         self.store = store
         self.item_vectors = LRUCache(settings.item_cache_size)
         self.cparams = CollabParams.from_settings(settings)
-        # Co-occurrence and popularity from the events this worker sees (its partitions' users): see README.
+        # Co-occurrence and popularity of the whole stream, fed (and replaced on start) by stream_app.replica.
         self.collab = CollabState()
         self.metrics = Metrics()
         self.last_recommendations: OrderedDict[str, Recommendation] = OrderedDict()
@@ -223,10 +224,11 @@ class Pipeline:
         return out
 
     def update_state(self, state: UserState, events: Sequence[BehaviourEvent], vectors: Sequence[np.ndarray]) -> UserState:
-        """Fold a user's events (in arrival order) into the interest state and the collaborative counters."""
+        """Fold a user's events (in arrival order) into the interest state.
+
+        The collaborative counters are fed from the whole stream by stream_app.replica, not here (see the README).
+        """
         for e, vec in zip(events, vectors):
-            if e.item_id and e.type != "dislike":
-                collab.observe(self.collab, e.item_id, consumed_items(state), e.ts, self.cparams)
             state = apply_event(state, vec, e.type, e.ts, e.item_id, self.params)
         self.metrics.events += len(events)
         return state

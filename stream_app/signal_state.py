@@ -1,0 +1,123 @@
+"""The collaborative signal as every worker keeps it: the collab counters plus, per user, the recent items that the
+co-occurrence counter pairs a new item with; folded from the whole behaviour stream and saved as JSON snapshots.
+
+Pure (no Kafka, no I/O besides the snapshot file). stream_app.replica feeds it from a consumer of every partition of
+`behaviour`, so each worker's counters are built from all users' events, not only those of its own partitions.
+
+Counting rule (the same as the offline evaluator's Blend.observe): an event with an item id that is not a dislike adds
+to the counters with the user's earlier items (newest last, deduplicated, dislikes included) as `previous`; then the
+item becomes the user's newest recent item. Events without an item id (searches) do not count.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stream_app import collab
+from stream_app.collab import CollabParams, CollabState
+from stream_app.events import BehaviourEvent
+
+SNAPSHOT_VERSION = 1
+
+
+@dataclass(eq=False)
+class SignalState:
+    """Counters, each user's recent items (at most `window`, newest last) and the stream positions they reflect."""
+
+    collab: CollabState = field(default_factory=CollabState)
+    recent: OrderedDict[str, list[str]] = field(default_factory=OrderedDict)  # least recently active user first
+    positions: dict[int, int] = field(default_factory=dict)  # behaviour partition -> next offset to read
+    max_users: int = 200_000
+
+
+def count_events(state: SignalState, events: Iterable[BehaviourEvent], params: CollabParams) -> int:
+    """Fold events (each user's in stream order) into the counters; returns how many were counted."""
+    counted = 0
+    for e in events:
+        if not e.item_id:
+            continue
+        previous = state.recent.get(e.user_id)
+        if previous is None:
+            previous = state.recent[e.user_id] = []
+        else:
+            state.recent.move_to_end(e.user_id)
+        if e.type != "dislike":
+            collab.observe(state.collab, e.item_id, previous, e.ts, params)
+            counted += 1
+        if e.item_id in previous:
+            previous.remove(e.item_id)
+        previous.append(e.item_id)
+        del previous[: -params.window]
+        while len(state.recent) > state.max_users:  # the least recently active user's window is forgotten
+            state.recent.popitem(last=False)
+    return counted
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def to_json(state: SignalState) -> dict[str, Any]:
+    """A JSON-able snapshot (no pickle: plain dicts, lists and numbers)."""
+    c = state.collab
+    return {
+        "version": SNAPSHOT_VERSION,
+        "collab": {"pop": c.pop, "count": c.count, "cooc": c.cooc, "t_ref": c.t_ref,
+                   "last_ts": _finite_or_none(c.last_ts), "events": c.events},
+        "recent": state.recent,
+        "positions": {str(p): o for p, o in state.positions.items()},
+    }
+
+
+def from_json(doc: Mapping[str, Any], max_users: int) -> SignalState:
+    """The state a snapshot describes; raises ValueError for anything else."""
+    if not isinstance(doc, Mapping) or doc.get("version") != SNAPSHOT_VERSION:
+        raise ValueError(f"not a version-{SNAPSHOT_VERSION} signal snapshot")
+    try:
+        c = doc["collab"]
+        last_ts = c["last_ts"]
+        counters = CollabState(
+            pop={str(k): float(v) for k, v in c["pop"].items()},
+            count={str(k): float(v) for k, v in c["count"].items()},
+            cooc={str(k): {str(j): float(v) for j, v in row.items()} for k, row in c["cooc"].items()},
+            t_ref=None if c["t_ref"] is None else float(c["t_ref"]),
+            last_ts=-math.inf if last_ts is None else float(last_ts),
+            events=int(c["events"]),
+        )
+        recent = OrderedDict((str(u), [str(i) for i in items]) for u, items in doc["recent"].items())
+        positions = {int(p): int(o) for p, o in doc["positions"].items()}
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"malformed signal snapshot: {exc!r}") from exc
+    return SignalState(counters, recent, positions, max_users)
+
+
+def save(state: SignalState, path: Path) -> int:
+    """Write the snapshot atomically (gzip JSON, then rename); returns its size in bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = gzip.compress(json.dumps(to_json(state), separators=(",", ":")).encode(), compresslevel=3)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(data)
+
+
+def load(path: Path, max_users: int) -> SignalState:
+    """The saved state, or an empty one when there is no snapshot; ValueError when it cannot be read."""
+    if not path.exists():
+        return SignalState(max_users=max_users)
+    try:
+        doc = json.loads(gzip.decompress(path.read_bytes()))
+    except (OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"unreadable signal snapshot {path}: {exc}") from exc
+    return from_json(doc, max_users)
