@@ -187,13 +187,20 @@ class TopicReader:
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         """The topic's partitions (waiting for the topic to exist: declare_topics creates it)."""
-        while True:
-            await consumer.topics()  # refreshes the metadata
-            parts = consumer.partitions_for_topic(self.topic)
-            if parts:
-                return [TopicPartition(self.topic, p) for p in sorted(parts)]
-            log.warning("%s replica: topic %s not found yet; retrying", self.name, self.topic)
-            await asyncio.sleep(1.0)
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            while True:
+                described = await admin.describe_topics([self.topic])
+                parts = sorted(p["partition"] for t in described if t.get("error_code") == 0 for p in t["partitions"])
+                if parts:
+                    return [TopicPartition(self.topic, p) for p in parts]
+                log.warning("%s replica: topic %s not found yet; retrying", self.name, self.topic)
+                await asyncio.sleep(1.0)
+        finally:
+            await admin.close()
 
     def stats(self) -> dict[str, Any]:
         return {"topic": self.topic, "caught_up": self.caught_up.is_set(), "records_read": self.records,
@@ -313,7 +320,9 @@ class Replicas:
             nonlocal last_save
             self.signal.positions = dict(self.signal_reader.positions)
             if time.monotonic() - last_save >= self.settings.signal_snapshot_interval_s:
-                self.save_signal()
+                # Off the event loop (seconds for a large state). The feed is the state's only writer and waits
+                # here, so nothing mutates it meanwhile; recommend() only reads it.
+                await asyncio.get_running_loop().run_in_executor(None, self.save_signal)
                 last_save = time.monotonic()
 
         try:

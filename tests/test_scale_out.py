@@ -1,0 +1,190 @@
+"""Scale-out on the real broker: two `stream-app worker` processes of one app on 4-partition topics.
+
+Each worker has its own data dir and web port. Checked: both hold the whole catalogue (each item encoded once),
+English and Chinese users get lists in their own or related categories, /users/<id>/ answers from either worker,
+both workers' collaborative counters equal a one-process count of the same events, and after one worker is
+SIGKILLed the other serves all users again with their state intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, ConfigResource, ConfigResourceType
+
+from stream_app.collab import CollabParams
+from stream_app.events import parse_behaviour
+from stream_app.sample_data import RELATED_CATEGORIES, category_of, load_catalogue
+from stream_app.settings import Settings
+from stream_app.signal_state import SignalState, count_events
+from test_pipeline_e2e import (BASE_TS, Worker, as_json, free_port, play_and_collect, produce, stop_worker,
+                               wait_until)
+
+pytestmark = pytest.mark.kafka
+
+# (user, category, language): each user views two items of a category and buys a third
+USERS = [("alice", "phone-accessories", "en"), ("xiaoming", "phones", "zh"), ("runner", "running", "en"),
+         ("mei", "tea-coffee", "zh"), ("dev", "laptops", "en")]
+
+
+def get_json(url: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.loads(r.read())
+    except OSError:
+        return None
+
+
+def replicas(w: Worker) -> dict:
+    return get_json(f"{w.web}/replicas/") or {}
+
+
+def items_of(category: str, lang: str, n: int) -> list[str]:
+    return [i["item_id"] for i in load_catalogue() if i["category"] == category and i.get("lang") == lang][:n]
+
+
+def top5_related_share(rec: dict, category: str) -> float:
+    cats = category_of()
+    top = rec["items"][:5]
+    return sum(cats[i["item_id"]] in RELATED_CATEGORIES[category] for i in top) / len(top)
+
+
+async def topic_exists(bootstrap: str, topic: str) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return topic in await admin.list_topics()
+    finally:
+        await admin.close()
+
+
+async def cleanup_policy(bootstrap: str, topic: str) -> str:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [resp] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        entries = {e[0]: e[1] for e in resp.resources[0][4]}
+        return entries["cleanup.policy"]
+    finally:
+        await admin.close()
+
+
+def spawn(env: dict[str, str], data) -> subprocess.Popen:
+    with open(data / "worker.log", "ab") as log:
+        return subprocess.Popen([os.sys.executable, "-m", "stream_app.cli", "worker", "--loglevel", "warn"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def two_workers(kafka_bootstrap: str, tmp_path_factory) -> Iterator[list[Worker]]:
+    run = uuid.uuid4().hex[:8]
+    base = {
+        **os.environ,
+        "STREAM_APP_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "STREAM_APP_APP_ID": f"scale-{run}",
+        "STREAM_APP_ITEMS_TOPIC": f"scale-items-{run}",
+        "STREAM_APP_BEHAVIOUR_TOPIC": f"scale-behaviour-{run}",
+        "STREAM_APP_RECOMMENDATIONS_TOPIC": f"scale-recs-{run}",
+        "STREAM_APP_DLQ_TOPIC": f"scale-dlq-{run}",
+        "STREAM_APP_ITEMS_DLQ_TOPIC": f"scale-items-dlq-{run}",
+        "STREAM_APP_ITEM_VECTORS_TOPIC": f"scale-item-vectors-{run}",
+        "STREAM_APP_TABLE_STORE": "rocksdb://",
+        "STREAM_APP_TOPIC_PARTITIONS": "4",
+        "STREAM_APP_WEB_HOST": "127.0.0.1",  # the advertised address other workers route /users/<id>/ to
+    }
+    workers: list[Worker] = []
+    try:
+        for n in range(2):
+            data = tmp_path_factory.mktemp(f"worker{n}")
+            port = free_port()
+            env = {**base, "STREAM_APP_DATA_DIR": str(data), "STREAM_APP_WEB_PORT": str(port)}
+            w = Worker(env, spawn(env, data), f"http://127.0.0.1:{port}")
+            workers.append(w)
+            if n == 0:  # the first creates the topics; the second starts meanwhile
+                wait_until(lambda: asyncio.run(topic_exists(kafka_bootstrap, base["STREAM_APP_ITEM_VECTORS_TOPIC"])),
+                           120, "the topics", w.proc)
+        for w in workers:
+            wait_until(lambda: w.stats() is not None, 240, "the web view", w.proc)
+        catalogue = load_catalogue()
+        asyncio.run(produce(kafka_bootstrap, workers[0].topic("items"), [(i["item_id"], as_json(i)) for i in catalogue]))
+        for w in workers:
+            wait_until(lambda: replicas(w).get("catalogue_items") == len(catalogue)
+                       and replicas(w).get("ready"), 300, "the whole catalogue", w.proc)
+        yield workers
+    finally:
+        for w in workers:
+            stop_worker(w)
+
+
+def test_two_workers_catalogue_lists_routing_counters_and_failover(two_workers):
+    a, b = two_workers
+    bootstrap = a.env["STREAM_APP_KAFKA_BOOTSTRAP"]
+    n_items = len(load_catalogue())
+
+    # --- the whole catalogue on both, each item encoded by one worker only
+    assert asyncio.run(cleanup_policy(bootstrap, a.env["STREAM_APP_ITEM_VECTORS_TOPIC"])) == "compact"
+    for w in (a, b):
+        assert replicas(w)["catalogue_items"] == n_items
+    assert a.stats()["items_encoded"] + b.stats()["items_encoded"] == n_items
+    assert a.stats()["items_encoded"] > 0 and b.stats()["items_encoded"] > 0  # both own `items` partitions
+
+    # --- lists as good as one worker's: each user's top 5 in their own or a related category
+    run = uuid.uuid4().hex[:6]
+    users = {f"{name}-{run}": (cat, lang) for name, cat, lang in USERS}
+    events = []
+    for k, (user, (cat, lang)) in enumerate(users.items()):
+        first, second, bought = items_of(cat, lang, 3)
+        for m, (kind, item) in enumerate([("view", first), ("view", second), ("purchase", bought)]):
+            events.append({"event_id": f"{user}-{m}", "user_id": user, "type": kind, "item_id": item,
+                           "ts": BASE_TS + 60 * (3 * k + m)})
+    recs = asyncio.run(play_and_collect(a, events, timeout=120))
+    last = {r["user_id"]: r for r in recs}
+    assert set(last) == set(users)
+    shares = {u: top5_related_share(last[u], users[u][0]) for u in users}
+    assert min(shares.values()) >= 0.6 and sum(shares.values()) / len(shares) >= 0.8, shares
+
+    # --- /users/<id>/ answers from either worker (routed to the owner of the user's partition)
+    for user in users:
+        for w in (a, b):
+            view = get_json(f"{w.web}/users/{user}/")
+            assert view is not None and view["known"] and view["events"] == 3, (w.web, user, view)
+
+    # --- both workers' counters equal one process counting the same events (see test_signal_state for the rule)
+    reference = SignalState()
+    count_events(reference, [parse_behaviour(as_json(e)) for e in events], CollabParams.from_settings(Settings()))
+    for w in (a, b):
+        wait_until(lambda: (replicas(w).get("signal") or {}).get("events_counted") == reference.collab.events,
+                   60, "the signal", w.proc)
+        got = get_json(f"{w.web}/replicas/counters/?top=1000")
+        assert got["events"] == reference.collab.events and got["items"] == len(reference.collab.pop)
+        assert got["pop"].keys() == reference.collab.pop.keys()
+        for i, v in reference.collab.pop.items():
+            assert math.isclose(got["pop"][i], v, rel_tol=1e-9)
+            assert math.isclose(got["count"][i], reference.collab.count[i], rel_tol=1e-9)
+            row = reference.collab.cooc.get(i, {})
+            assert got["cooc"][i].keys() == row.keys()
+            assert all(math.isclose(got["cooc"][i][j], c, rel_tol=1e-9) for j, c in row.items())
+
+    # --- failover: SIGKILL b; a takes b's partitions (standby replicas) and serves every user with their state
+    os.killpg(b.proc.pid, signal.SIGKILL)
+    b.proc.wait()
+    killed_at = time.monotonic()
+    more = [{"event_id": f"{u}-3", "user_id": u, "type": "view", "item_id": items_of(*users[u], 4)[3],
+             "ts": BASE_TS + 3600} for u in users]
+    recs = asyncio.run(play_and_collect(a, more, timeout=180))
+    served_after_s = time.monotonic() - killed_at
+    assert {r["user_id"] for r in recs} >= set(users)
+    for user in users:
+        view = get_json(f"{a.web}/users/{user}/")
+        assert view is not None and view["events"] == 4, (user, view)  # the 3 earlier events survived the move
+    print(f"\nall users served again {served_after_s:.1f} s after the SIGKILL; top-5 shares {shares}")
