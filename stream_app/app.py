@@ -57,9 +57,14 @@ item_vectors_topic = app.topic(settings.item_vectors_topic, key_type=bytes, valu
 def raw_table(name: str, help: str) -> faust.Table:
     """A table of str keys and bytes values stored as they are (Faust would otherwise JSON-encode both)."""
     table = app.Table(name, key_type=str, value_type=bytes, partitions=settings.topic_partitions, help=help)
-    # Faust derives the store's and the changelog's codecs from these attributes, read when the store opens.
+    # Faust derives the store's codecs from these attributes, read when the store opens. The changelog topic was
+    # already made by app.Table() with a JSON key codec (from key_type=str): recovery then failed on every raw key
+    # ("Error in recovery Expecting value"), so its schema gets the raw codecs too.
     table.key_serializer = "raw"
     table.value_serializer = "raw"
+    changelog = table.changelog_topic
+    changelog.key_serializer = changelog.schema.key_serializer = "raw"
+    changelog.value_serializer = changelog.schema.value_serializer = "raw"
     return table
 
 

@@ -369,7 +369,9 @@ def register_replica_pages(app: Any, replicas: Replicas) -> None:
         async def get(self, request: Request) -> Response:
             store = replicas.pipeline.store
             count = await store.count() if store is not None and replicas.started else None
-            return self.json({**replicas.stats(), "catalogue_items": count})
+            owned = sorted(tp.partition for tp in app.assignor.assigned_actives()
+                           if tp.topic == replicas.settings.behaviour_topic)
+            return self.json({**replicas.stats(), "catalogue_items": count, "behaviour_partitions": owned})
 
     @app.page("/replicas/counters/")
     class ReplicaCounters(View):

@@ -20,7 +20,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, ConfigResource, ConfigResourceType
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from stream_app.collab import CollabParams
 from stream_app.events import parse_behaviour
@@ -126,6 +128,7 @@ def two_workers(kafka_bootstrap: str, tmp_path_factory) -> Iterator[list[Worker]
             stop_worker(w)
 
 
+@pytest.mark.timeout(900)
 def test_two_workers_catalogue_lists_routing_counters_and_failover(two_workers):
     a, b = two_workers
     bootstrap = a.env["STREAM_APP_KAFKA_BOOTSTRAP"]
@@ -153,11 +156,22 @@ def test_two_workers_catalogue_lists_routing_counters_and_failover(two_workers):
     shares = {u: top5_related_share(last[u], users[u][0]) for u in users}
     assert min(shares.values()) >= 0.6 and sum(shares.values()) / len(shares) >= 0.8, shares
 
+    # --- users whose partitions b owns (found with the producer's own partitioner), so the failover moves someone
+    owned_by_b = replicas(b)["behaviour_partitions"]
+    assert owned_by_b and set(owned_by_b).isdisjoint(replicas(a)["behaviour_partitions"])
+    partitioner, parts = DefaultPartitioner(), list(range(4))
+    movers = [u for u in (f"mover-{run}-{k}" for k in range(200)) if partitioner(u.encode(), parts, parts) in owned_by_b][:2]
+    mover_events = [{"event_id": f"{u}-{m}", "user_id": u, "type": kind, "item_id": item, "ts": BASE_TS + 60 * m}
+                    for u in movers for m, (kind, item) in enumerate(zip(["view", "purchase"], items_of("audio", "en", 2)))]
+    asyncio.run(play_and_collect(a, mover_events, timeout=120))
+    events += mover_events
+    expected = {**{u: 3 for u in users}, **{u: 2 for u in movers}}
+
     # --- /users/<id>/ answers from either worker (routed to the owner of the user's partition)
-    for user in users:
+    for user, n in expected.items():
         for w in (a, b):
             view = get_json(f"{w.web}/users/{user}/")
-            assert view is not None and view["known"] and view["events"] == 3, (w.web, user, view)
+            assert view is not None and view["known"] and view["events"] == n, (w.web, user, view)
 
     # --- both workers' counters equal one process counting the same events (see test_signal_state for the rule)
     reference = SignalState()
@@ -179,12 +193,14 @@ def test_two_workers_catalogue_lists_routing_counters_and_failover(two_workers):
     os.killpg(b.proc.pid, signal.SIGKILL)
     b.proc.wait()
     killed_at = time.monotonic()
-    more = [{"event_id": f"{u}-3", "user_id": u, "type": "view", "item_id": items_of(*users[u], 4)[3],
-             "ts": BASE_TS + 3600} for u in users]
+    more = [{"event_id": f"{u}-last", "user_id": u, "type": "view", "item_id": items_of("audio", "en", 3)[2],
+             "ts": BASE_TS + 3600} for u in expected]
     recs = asyncio.run(play_and_collect(a, more, timeout=180))
     served_after_s = time.monotonic() - killed_at
-    assert {r["user_id"] for r in recs} >= set(users)
-    for user in users:
+    assert {r["user_id"] for r in recs} >= set(expected)
+    assert set(replicas(a)["behaviour_partitions"]) == set(parts)
+    for user, n in expected.items():
         view = get_json(f"{a.web}/users/{user}/")
-        assert view is not None and view["events"] == 4, (user, view)  # the 3 earlier events survived the move
-    print(f"\nall users served again {served_after_s:.1f} s after the SIGKILL; top-5 shares {shares}")
+        assert view is not None and view["events"] == n + 1, (user, view)  # the earlier events survived the move
+    print(f"\nall users (incl. {len(movers)} on the killed worker) served again {served_after_s:.1f} s after the "
+          f"SIGKILL; top-5 shares {shares}")
