@@ -31,10 +31,11 @@ makes unrelated dislikes negligible) and never opens a slot, so a dislike alone 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -119,6 +120,8 @@ class UserState:
     neg_mass: np.ndarray  # (k,) float64: N / exp(log_offset), dislike attention mass
     vectors: np.ndarray  # (k, dim) float32: D / exp(log_offset), signed attention-weighted sum of embeddings
     recent: tuple[str, ...] = ()
+    # Effectively-once: 64-bit digests of the user's last event ids (oldest first), see remember_events.
+    seen_events: tuple[int, ...] = ()
 
     @property
     def n_slots(self) -> int:
@@ -248,6 +251,7 @@ def apply_event(
         neg_mass=neg,
         vectors=vectors,
         recent=_push_recent(state.recent, item_id, params.recent_items),
+        seen_events=state.seen_events,
     )
 
 
@@ -360,6 +364,28 @@ def batch_interest(
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Effectively-once: the state remembers the digests of its last event ids, so a redelivered event (after a crash,
+# a rebalance or a producer retry) is recognised and not applied twice. Digests are 64-bit blake2b: 8 bytes per
+# id whatever its length; two distinct ids of one user collide with probability ~n^2 / 2^65.
+
+
+def event_digest(event_id: str) -> int:
+    """The 64-bit digest an event id is remembered by."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def has_seen(state: UserState, event_id: str) -> bool:
+    """Whether the event was already applied to this state (within its remembered window)."""
+    return event_digest(event_id) in state.seen_events
+
+
+def remember_events(state: UserState, event_ids: Sequence[str], cap: int) -> UserState:
+    """The state with event_ids added to the remembered ones, keeping the newest `cap` (0 remembers none)."""
+    seen = state.seen_events + tuple(event_digest(e) for e in event_ids)
+    return replace(state, seen_events=seen[max(0, len(seen) - cap):] if cap > 0 else ())
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Compact binary storage.
 
 _MAGIC = b"SAUI"
@@ -368,6 +394,10 @@ _VERSION = 1
 _HEADER = struct.Struct("<4sBBHIIQd")
 _LEN = struct.Struct("<H")
 _MAX_DIM = 1 << 16
+# Optional sections after the recent ids, each: 4-byte tag, u32 count, payload. A state without them decodes
+# with the defaults, so states written before a section existed stay readable.
+_SECTION = struct.Struct("<4sI")
+_SEEN_TAG = b"EVID"  # seen_events: count x u64 digests
 
 
 def encode_state(state: UserState) -> bytes:
@@ -386,6 +416,9 @@ def encode_state(state: UserState) -> bytes:
         raw = item_id.encode("utf-8")
         parts.append(_LEN.pack(len(raw)))
         parts.append(raw)
+    if state.seen_events:  # --- section: seen event digests ---
+        parts.append(_SECTION.pack(_SEEN_TAG, len(state.seen_events)))
+        parts.append(np.asarray(state.seen_events, "<u8").tobytes())
     return b"".join(parts)
 
 
@@ -432,6 +465,13 @@ def _decode(buf: memoryview) -> UserState:
             raise ValueError("not an encoded user state: bad item id")
         recent.append(raw[pos : pos + n].decode("utf-8"))
         pos += n
-    if pos != end:
-        raise ValueError("not an encoded user state: trailing bytes")
-    return UserState(dim, last_ts, n_events, log_offset, pos_mass, neg_mass, vectors, tuple(recent))
+    seen: tuple[int, ...] = ()
+    while pos != end:  # optional sections
+        tag, count = _SECTION.unpack_from(buf, pos)
+        pos += _SECTION.size
+        if tag == _SEEN_TAG and not seen and pos + 8 * count <= end:  # --- section: seen event digests ---
+            seen = tuple(int(x) for x in np.frombuffer(buf, "<u8", count, pos))
+            pos += 8 * count
+        else:
+            raise ValueError("not an encoded user state: bad trailing section")
+    return UserState(dim, last_ts, n_events, log_offset, pos_mass, neg_mass, vectors, tuple(recent), seen)

@@ -72,6 +72,8 @@ class Metrics:
     batches: int = 0
     recommendations: int = 0
     dead_letters: int = 0
+    duplicates: int = 0  # redelivered events recognised by their event_id and not applied again
+    forgotten: int = 0  # users deleted by a `forget` event
     items_indexed: int = 0  # written into this worker's store
     items_encoded: int = 0  # encoded by this worker (each item by one worker only)
     items_deleted: int = 0
@@ -232,6 +234,10 @@ class Pipeline:
             state = apply_event(state, vec, e.type, e.ts, e.item_id, self.params)
         self.metrics.events += len(events)
         return state
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop every per-user trace this worker keeps outside the state table (the last list sent)."""
+        self.last_recommendations.pop(user_id, None)
 
     async def recommend(self, states: dict[str, UserState], now: float) -> dict[str, Recommendation]:
         """Top-k per user: slot search (one batched call) + co-occurring + popular candidates, re-ranked by the blend.

@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from stream_app import signal_state
-from stream_app.events import EventError, ItemEvent, parse_behaviour
+from stream_app.events import ItemEvent, MessageMeta, parse_behaviour
 from stream_app.vectorstore import ItemRecord
 
 if TYPE_CHECKING:
@@ -307,9 +307,9 @@ class Replicas:
         async def apply(records: list[ConsumerRecord]) -> None:
             events = []
             for msg in records:
-                try:
-                    events.append(parse_behaviour(msg.value))
-                except EventError:  # the behaviour agent dead-letters it; the signal just skips it
+                try:  # the agent's own checks (key = user_id, clock skew against the broker timestamp)
+                    events.append(parse_behaviour(msg.value, MessageMeta(msg.key, msg.timestamp / 1000.0)))
+                except Exception:  # noqa: BLE001 - the behaviour agent dead-letters it; the signal skips it
                     self.skipped += 1
             known = await self.pipeline.item_vectors_for(sorted({e.item_id for e in events if e.item_id}))
             usable = [e for e in events if not e.item_id or e.item_id in known]
@@ -346,7 +346,7 @@ class Replicas:
             "catalogue": {**self.catalogue.stats(), "mode": "replica" if self.embedded else "shared server"},
             "signal": {**self.signal_reader.stats(), "events_counted": c.events, "counted_since_start": self.counted,
                        "skipped": self.skipped, "items": len(c.pop), "cooc_rows": len(c.cooc),
-                       "users": len(self.signal.recent), "snapshot_bytes": self.snapshot_bytes,
+                       "users": len(self.signal.seen), "snapshot_bytes": self.snapshot_bytes,
                        "snapshot_ms": self.snapshot_ms, "snapshot_at": self.snapshot_at},
         }
 

@@ -6,7 +6,9 @@ Pure (no Kafka, no I/O besides the snapshot file). stream_app.replica feeds it f
 
 Counting rule (the same as the offline evaluator's Blend.observe): an event with an item id that is not a dislike adds
 to the counters with the user's earlier items (newest last, deduplicated, dislikes included) as `previous`; then the
-item becomes the user's newest recent item. Events without an item id (searches) do not count.
+item becomes the user's newest recent item. Events without an item id (searches) do not count. An event id the user
+sent among their last SEEN_EVENTS events is a redelivery and is skipped (the user-state table dedupes the same way).
+A `forget` event drops the user's window and remembered ids; the aggregate counts stay (they hold no user id).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from typing import Any
 
 from stream_app import collab
 from stream_app.collab import CollabParams, CollabState
-from stream_app.events import BehaviourEvent
+from stream_app.events import FORGET, BehaviourEvent
+from stream_app.interest import event_digest
 
 SNAPSHOT_VERSION = 1
+SEEN_EVENTS = 32  # event-id digests remembered per user for the signal's own dedupe (8 bytes each on disk)
 
 
 @dataclass(eq=False)
@@ -34,6 +38,7 @@ class SignalState:
 
     collab: CollabState = field(default_factory=CollabState)
     recent: OrderedDict[str, list[str]] = field(default_factory=OrderedDict)  # least recently active user first
+    seen: OrderedDict[str, list[int]] = field(default_factory=OrderedDict)  # user -> last event-id digests, LRU
     positions: dict[int, int] = field(default_factory=dict)  # behaviour partition -> next offset to read
     max_users: int = 200_000
 
@@ -42,6 +47,23 @@ def count_events(state: SignalState, events: Iterable[BehaviourEvent], params: C
     """Fold events (each user's in stream order) into the counters; returns how many were counted."""
     counted = 0
     for e in events:
+        if e.type == FORGET:
+            state.recent.pop(e.user_id, None)
+            state.seen.pop(e.user_id, None)
+            continue
+        digest = event_digest(e.event_id)
+        seen = state.seen.get(e.user_id)
+        if seen is None:
+            seen = state.seen[e.user_id] = []
+        else:
+            state.seen.move_to_end(e.user_id)
+        if digest in seen:
+            continue
+        seen.append(digest)
+        del seen[:-SEEN_EVENTS]
+        while len(state.seen) > state.max_users:  # the least recently active user is forgotten
+            user, _ = state.seen.popitem(last=False)
+            state.recent.pop(user, None)
         if not e.item_id:
             continue
         previous = state.recent.get(e.user_id)
@@ -56,8 +78,6 @@ def count_events(state: SignalState, events: Iterable[BehaviourEvent], params: C
             previous.remove(e.item_id)
         previous.append(e.item_id)
         del previous[: -params.window]
-        while len(state.recent) > state.max_users:  # the least recently active user's window is forgotten
-            state.recent.popitem(last=False)
     return counted
 
 
@@ -73,6 +93,7 @@ def to_json(state: SignalState) -> dict[str, Any]:
         "collab": {"pop": c.pop, "count": c.count, "cooc": c.cooc, "t_ref": c.t_ref,
                    "last_ts": _finite_or_none(c.last_ts), "events": c.events},
         "recent": state.recent,
+        "seen": state.seen,
         "positions": {str(p): o for p, o in state.positions.items()},
     }
 
@@ -93,10 +114,11 @@ def from_json(doc: Mapping[str, Any], max_users: int) -> SignalState:
             events=int(c["events"]),
         )
         recent = OrderedDict((str(u), [str(i) for i in items]) for u, items in doc["recent"].items())
+        seen = OrderedDict((str(u), [int(d) for d in ds]) for u, ds in doc["seen"].items())
         positions = {int(p): int(o) for p, o in doc["positions"].items()}
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"malformed signal snapshot: {exc!r}") from exc
-    return SignalState(counters, recent, positions, max_users)
+    return SignalState(counters, recent, seen, positions, max_users)
 
 
 def save(state: SignalState, path: Path) -> int:

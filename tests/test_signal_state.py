@@ -89,7 +89,7 @@ def test_snapshot_round_trip_and_resume(tmp_path):
 def test_user_windows_are_bounded():
     s = SignalState(max_users=3)
     count_events(s, stream(200, seed=3), CollabParams(window=2))
-    assert len(s.recent) == 3 and all(len(w) <= 2 for w in s.recent.values())
+    assert len(s.seen) == 3 and set(s.recent) <= set(s.seen) and all(len(w) <= 2 for w in s.recent.values())
 
 
 def test_item_vector_record_round_trip_and_rejects_garbage():
@@ -101,3 +101,14 @@ def test_item_vector_record_round_trip_and_rejects_garbage():
                 json.dumps({"v": 2}).encode()]:
         with pytest.raises(ValueError):
             decode_item_vector(bad)
+
+
+def test_redeliveries_are_counted_once_and_forget_drops_the_users_window():
+    params = CollabParams(window=5)
+    e1 = BehaviourEvent("a1", "u", "view", "i1", None, 1767225600.0)
+    e2 = BehaviourEvent("a2", "u", "view", "i2", None, 1767225660.0)
+    s = SignalState()
+    assert count_events(s, [e1, e2, e2, e1], params) == 2
+    assert s.collab.pop == {"i1": 1.0, "i2": 1.0} and s.recent["u"] == ["i1", "i2"]
+    count_events(s, [BehaviourEvent("a3", "u", "forget", None, None, 1767225700.0)], params)
+    assert "u" not in s.recent and "u" not in s.seen and s.collab.pop == {"i1": 1.0, "i2": 1.0}
