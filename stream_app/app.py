@@ -55,7 +55,7 @@ recommendations_topic = app.topic(settings.recommendations_topic, key_type=str, 
 behaviour_dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="json", partitions=1)
 items_dlq = app.topic(settings.items_dlq_topic, key_serializer="raw", value_serializer="json", partitions=1)
 # Encoded items for every worker's embedded store (compacted; written by index_items, read by stream_app.replica).
-item_vectors_topic = app.topic(settings.item_vectors_topic, key_type=bytes, value_type=bytes, value_serializer="raw",
+item_vectors_topic = app.topic(settings.item_vectors_topic_name(), key_type=bytes, value_type=bytes, value_serializer="raw",
                                partitions=settings.topic_partitions)
 
 def raw_table(name: str, help: str) -> faust.Table:

@@ -239,7 +239,7 @@ class Replicas:
         self.pipeline = pipeline
         self.dir = Path(settings.data_dir) / "replica"
         self.embedded = not settings.qdrant_url
-        self.catalogue = TopicReader(settings, settings.item_vectors_topic, "catalogue")
+        self.catalogue = TopicReader(settings, settings.item_vectors_topic_name(), "catalogue")
         self.signal_reader = TopicReader(settings, settings.behaviour_topic, "signal")
         self.signal = signal_state.SignalState(max_users=settings.signal_max_users)
         self.snapshot_bytes = 0
@@ -251,7 +251,7 @@ class Replicas:
 
     @property
     def catalogue_positions_path(self) -> Path:
-        return self.dir / f"{self.settings.item_vectors_topic}.positions.json"
+        return self.dir / f"{self.settings.item_vectors_topic_name()}.positions.json"
 
     @property
     def signal_snapshot_path(self) -> Path:
@@ -352,12 +352,16 @@ class Replicas:
 
 
 def counters_json(state: signal_state.SignalState, top: int) -> dict[str, Any]:
-    """The `top` most popular items' popularity, count and co-occurrence rows (for comparing workers' counters)."""
+    """Every counter map (popularity, counts, neighbour rows) restricted to the `top` most popular items."""
     c = state.collab
     ids = sorted(c.pop, key=lambda i: (-c.pop[i], i))[:top]
-    return {"events": c.events, "items": len(c.pop),
-            "pop": {i: c.pop[i] for i in ids}, "count": {i: c.count.get(i, 0.0) for i in ids},
-            "cooc": {i: c.cooc.get(i, {}) for i in ids}}
+    maps = signal_state.to_json(state)["collab"]
+    out: dict[str, Any] = {"events": c.events, "items": len(c.pop)}
+    for name, values in maps.items():
+        if isinstance(values, dict):
+            nested = any(isinstance(v, dict) for v in values.values())
+            out[name] = {i: values.get(i, {} if nested else 0.0) for i in ids}
+    return out
 
 
 def register_replica_pages(app: Any, replicas: Replicas) -> None:

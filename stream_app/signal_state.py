@@ -19,7 +19,7 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -85,40 +85,45 @@ def _finite_or_none(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
+_SCALARS = {"t_ref", "last_ts", "events"}  # CollabState's non-counter fields; every other field is a counter map
+
+
 def to_json(state: SignalState) -> dict[str, Any]:
-    """A JSON-able snapshot (no pickle: plain dicts, lists and numbers)."""
+    """A JSON-able snapshot (no pickle: plain dicts, lists and numbers); every counter map of CollabState is saved."""
     c = state.collab
+    counters = {f.name: getattr(c, f.name) for f in fields(CollabState) if f.name not in _SCALARS}
     return {
         "version": SNAPSHOT_VERSION,
-        "collab": {"pop": c.pop, "count": c.count, "cooc": c.cooc, "t_ref": c.t_ref,
-                   "last_ts": _finite_or_none(c.last_ts), "events": c.events},
+        "collab": {**counters, "t_ref": c.t_ref, "last_ts": _finite_or_none(c.last_ts), "events": c.events},
         "recent": state.recent,
         "seen": state.seen,
         "positions": {str(p): o for p, o in state.positions.items()},
     }
 
 
+def _counter_map(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """item -> float, or item -> {item -> float} (neighbour rows), as read from JSON."""
+    return {str(k): {str(j): float(x) for j, x in v.items()} if isinstance(v, Mapping) else float(v)
+            for k, v in raw.items()}
+
+
 def from_json(doc: Mapping[str, Any], max_users: int) -> SignalState:
-    """The state a snapshot describes; raises ValueError for anything else."""
+    """The state a snapshot describes; raises ValueError for anything else (a counter map it lacks starts empty)."""
     if not isinstance(doc, Mapping) or doc.get("version") != SNAPSHOT_VERSION:
         raise ValueError(f"not a version-{SNAPSHOT_VERSION} signal snapshot")
     try:
         c = doc["collab"]
         last_ts = c["last_ts"]
-        counters = CollabState(
-            pop={str(k): float(v) for k, v in c["pop"].items()},
-            count={str(k): float(v) for k, v in c["count"].items()},
-            cooc={str(k): {str(j): float(v) for j, v in row.items()} for k, row in c["cooc"].items()},
-            t_ref=None if c["t_ref"] is None else float(c["t_ref"]),
-            last_ts=-math.inf if last_ts is None else float(last_ts),
-            events=int(c["events"]),
-        )
+        counters = {f.name: _counter_map(c[f.name]) for f in fields(CollabState) if f.name not in _SCALARS
+                    and f.name in c}
+        collab_state = CollabState(**counters, t_ref=None if c["t_ref"] is None else float(c["t_ref"]),
+                                   last_ts=-math.inf if last_ts is None else float(last_ts), events=int(c["events"]))
         recent = OrderedDict((str(u), [str(i) for i in items]) for u, items in doc["recent"].items())
         seen = OrderedDict((str(u), [int(d) for d in ds]) for u, ds in doc["seen"].items())
         positions = {int(p): int(o) for p, o in doc["positions"].items()}
-    except (KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"malformed signal snapshot: {exc!r}") from exc
-    return SignalState(counters, recent, seen, positions, max_users)
+    return SignalState(collab_state, recent, seen, positions, max_users)
 
 
 def save(state: SignalState, path: Path) -> int:

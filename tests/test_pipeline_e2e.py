@@ -111,7 +111,6 @@ def worker(kafka_bootstrap: str, tmp_path_factory) -> Iterator[Worker]:
         "STREAM_APP_RECOMMENDATIONS_TOPIC": f"e2e-recs-{run}",
         "STREAM_APP_DLQ_TOPIC": f"e2e-dlq-{run}",
         "STREAM_APP_ITEMS_DLQ_TOPIC": f"e2e-items-dlq-{run}",
-        "STREAM_APP_ITEM_VECTORS_TOPIC": f"e2e-item-vectors-{run}",
         "STREAM_APP_DATA_DIR": str(data),
         "STREAM_APP_TABLE_STORE": "rocksdb://",  # the production store
         "STREAM_APP_WEB_PORT": str(port),

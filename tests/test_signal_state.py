@@ -14,7 +14,7 @@ from stream_app.collab import CollabParams, CollabState
 from stream_app.events import BehaviourEvent
 from stream_app.interest import InterestParams, apply_event, consumed_items, new_state
 from stream_app.replica import decode_item_vector, encode_item_vector
-from stream_app.signal_state import SignalState, count_events, load, save
+from stream_app.signal_state import SignalState, count_events, load, save, to_json
 from stream_app.vectorstore import ItemRecord
 
 TYPES = ["view", "click", "cart", "purchase", "dislike", "search"]
@@ -80,6 +80,11 @@ def test_snapshot_round_trip_and_resume(tmp_path):
     assert resumed.collab.events == whole.collab.events
     for i, v in whole.collab.pop.items():
         assert math.isclose(resumed.collab.pop[i], v, rel_tol=1e-9)
+    for i, row in whole.collab.cooc.items():
+        assert all(math.isclose(resumed.collab.cooc[i][j], c, rel_tol=1e-9) for j, c in row.items())
+    again = load(path, max_users=1000)  # every counter map survives the round trip exactly
+    assert to_json(again) == to_json(load(path, max_users=1000))
+    assert again.collab.cooc == part.collab.cooc and again.seen == part.seen
     assert load(tmp_path / "none.json.gz", 10).collab.events == 0
     (tmp_path / "bad.json.gz").write_bytes(b"nope")
     with pytest.raises(ValueError):
