@@ -48,7 +48,7 @@ def wait(predicate, timeout: float, what: str) -> None:
     while not predicate():
         if time.monotonic() > deadline:
             raise TimeoutError(what)
-        time.sleep(0.5)
+        time.sleep(0.05)
 
 
 async def burst(bootstrap: str, env: dict[str, str], events: list[dict]) -> tuple[float, int]:
@@ -113,9 +113,16 @@ def run(n_workers: int, n_events: int, n_users: int, bootstrap: str, tmp: Path) 
         ids = [i["item_id"] for i in catalogue]
         events = [{"event_id": f"b{k}", "user_id": f"u{rng.randrange(n_users)}", "type": "view",
                    "item_id": rng.choice(ids), "ts": 1767225600 + k} for k in range(n_events)]
+        before = [(get_json(f"{w}/replicas/") or {})["signal"]["events_counted"] for w in webs]
         seconds, recs = asyncio.run(burst(bootstrap, env, events))
+        # Signal staleness at the end of the burst: how long after the last list each worker's counters hold it all.
+        done = time.perf_counter()
+        behind = []
+        for w, b in zip(webs, before):
+            wait(lambda: (get_json(f"{w}/replicas/") or {})["signal"]["events_counted"] >= b + n_events, 120, "signal")
+            behind.append(time.perf_counter() - done)
         return {"workers": n_workers, "events": n_events, "seconds": seconds, "events_per_s": n_events / seconds,
-                "recommendations": recs}
+                "recommendations": recs, "signal_behind_s": behind}
     finally:
         for p in procs:
             if p.poll() is None:
@@ -140,7 +147,8 @@ def main() -> None:
             results.append(run(n, args.events, args.users, bootstrap, Path(tmp)))
             r = results[-1]
             print(f"{r['workers']} worker(s): {r['events']:,} known-item events in {r['seconds']:.1f} s = "
-                  f"{r['events_per_s']:,.0f} events/s ({r['recommendations']:,} recommendation messages)", flush=True)
+                  f"{r['events_per_s']:,.0f} events/s ({r['recommendations']:,} recommendation messages); every "
+                  f"worker's counters held all events {max(r['signal_behind_s']):.2f} s after the last list", flush=True)
     print(f"cores: {os.cpu_count()}; load average at the end: {os.getloadavg()}")
 
 
