@@ -267,12 +267,34 @@ class Replicas:
         """Run both readers until cancelled (the worker stops); the signal is snapshotted on the way out."""
         await self.pipeline.start()
         self.started = True
-        readers = [self._run_signal()]
+        try:
+            self.signal = signal_state.load(self.signal_snapshot_path, self.settings.signal_max_users)
+        except ValueError as exc:
+            log.error("%s; rebuilding the signal from the whole topic", exc)
+        self.pipeline.collab = self.signal.collab
+        log.info("signal: %d events counted in the snapshot, resuming at %s", self.signal.collab.events,
+                 self.signal.positions)
+        readers = [self._supervised("signal", self._run_signal)]
         if self.embedded:
-            readers.append(self._run_catalogue())
+            readers.append(self._supervised("catalogue", self._run_catalogue))
         else:
             self.catalogue.caught_up.set()  # the shared server store is the catalogue
         await asyncio.gather(*readers)
+
+    async def _supervised(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Keep a reader running: after an unexpected error it resumes from its last applied positions (the
+        catalogue's upserts are idempotent; the signal skips each user's redelivered event ids)."""
+        delay = 1.0
+        while True:
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a replica must outlive a failed batch or a broker hiccup
+                log.exception("%s replica failed; restarting it in %.0f s", name, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 30.0)
 
     async def _run_catalogue(self) -> None:
         store = self.pipeline.store
@@ -292,14 +314,6 @@ class Replicas:
         await self.catalogue.run(start, apply, save)
 
     async def _run_signal(self) -> None:
-        try:
-            self.signal = signal_state.load(self.signal_snapshot_path, self.settings.signal_max_users)
-        except ValueError as exc:
-            log.error("%s; rebuilding the signal from the whole topic", exc)
-            self.signal = signal_state.SignalState(max_users=self.settings.signal_max_users)
-        self.pipeline.collab = self.signal.collab
-        log.info("signal: %d events counted in the snapshot, resuming at %s", self.signal.collab.events,
-                 self.signal.positions)
         if self.embedded:  # events are counted only for items the catalogue holds, as the group path did
             await self.catalogue.caught_up.wait()
         last_save = time.monotonic()
@@ -328,7 +342,8 @@ class Replicas:
         try:
             await self.signal_reader.run(self.signal.positions, apply, after_batch)
         finally:
-            self.signal.positions = dict(self.signal_reader.positions) or self.signal.positions
+            if self.signal_reader.positions:  # only those whose records were applied (see TopicReader.run)
+                self.signal.positions = dict(self.signal_reader.positions)
             self.save_signal()
 
     def save_signal(self) -> None:
