@@ -37,7 +37,8 @@ from aiokafka.structs import ConsumerRecord
 
 from stream_app import signal_state
 from stream_app.events import ItemEvent, MessageMeta, parse_behaviour
-from stream_app.vectorstore import ItemRecord
+from stream_app.kafka_security import client_kwargs
+from stream_app.adapters.vectorstore import ItemRecord
 
 if TYPE_CHECKING:
     from stream_app.pipeline import Pipeline
@@ -101,7 +102,8 @@ async def publish_items(pipeline: Pipeline, items: Sequence[tuple[ItemEvent, str
 
 async def apply_item_records(pipeline: Pipeline, messages: Sequence[ConsumerRecord]) -> None:
     """Apply `item-vectors` messages (per partition in offset order) to this worker's store and vector cache."""
-    assert pipeline.store is not None
+    if pipeline.store is None:
+        raise RuntimeError("Pipeline.start() first")
     latest: dict[str, ItemRecord | None] = {}
     for msg in messages:
         try:
@@ -124,7 +126,7 @@ async def apply_item_records(pipeline: Pipeline, messages: Sequence[ConsumerReco
     if upserts:
         await pipeline.store.upsert(upserts)
         for r in upserts:
-            pipeline.item_vectors.put(r.item_id, r.vector)
+            pipeline.item_vectors.put(r.item_id, r)
         pipeline.metrics.items_indexed += len(upserts)
 
 
@@ -148,7 +150,7 @@ class TopicReader:
     async def run(self, start: dict[int, int], apply: Callable[[list[ConsumerRecord]], Awaitable[None]],
                   after_batch: Callable[[], Awaitable[None]] | None = None) -> None:
         """Read forever (until cancelled), calling apply(records) then after_batch() per non-empty batch."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
+        consumer = AIOKafkaConsumer(**client_kwargs(self.settings), group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest",
                                     client_id=f"{self.settings.app_id}-{self.name}-replica")
         await consumer.start()
@@ -189,7 +191,7 @@ class TopicReader:
         """The topic's partitions (waiting for the topic to exist: declare_topics creates it)."""
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        admin = AIOKafkaAdminClient(**client_kwargs(self.settings))
         await admin.start()
         try:
             while True:
@@ -298,7 +300,8 @@ class Replicas:
 
     async def _run_catalogue(self) -> None:
         store = self.pipeline.store
-        assert store is not None
+        if store is None:
+            raise RuntimeError("Pipeline.start() first")
         start = read_positions(self.catalogue_positions_path)
         if start and await store.count() == 0:
             log.warning("catalogue positions without a store (data dir reset?): re-reading %s from the start",

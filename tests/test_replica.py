@@ -22,7 +22,7 @@ from stream_app.events import ItemEvent
 from stream_app.pipeline import Pipeline, item_fingerprint
 from stream_app.replica import apply_item_records, publish_items
 from stream_app.settings import Settings
-from stream_app.vectorstore import QdrantServerStore
+from stream_app.adapters.vectorstore import QdrantServerStore
 
 ITEMS = [ItemEvent("p1", "USB-C fast charger 65W", "", "phone-accessories", (), False),
          ItemEvent("p2", "华为 Mate 60 Pro 手机", "", "phones", (), False),

@@ -15,7 +15,7 @@ from stream_app.events import BehaviourEvent
 from stream_app.interest import InterestParams, apply_event, consumed_items, new_state
 from stream_app.replica import decode_item_vector, encode_item_vector
 from stream_app.signal_state import SignalState, count_events, load, save, to_json
-from stream_app.vectorstore import ItemRecord
+from stream_app.adapters.vectorstore import ItemRecord
 
 TYPES = ["view", "click", "cart", "purchase", "dislike", "search"]
 
