@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import faust
+from faust.agents import current_agent
 from faust.streams import _current_event
 from faust.types import EventT
 
@@ -78,7 +79,7 @@ item_vectors_topic = app.topic(settings.item_vectors_topic_name(), key_type=byte
 def raw_table(name: str, help: str) -> faust.Table:
     """A table of str keys and bytes values stored as they are (Faust would otherwise JSON-encode both)."""
     table = app.Table(name, key_type=str, value_type=bytes, partitions=settings.topic_partitions, help=help)
-    # Faust derives the store's and the changelog's codecs from these attributes, read when the store opens.
+    # Faust derives the store's codecs from these attributes, read when the store opens.
     table.key_serializer = "raw"
     table.value_serializer = "raw"
     # The changelog topic was made (with JSON keys) when the table was registered; a restore read the raw keys
@@ -173,7 +174,7 @@ async def send_dead_letter(topic: faust.TopicT, event: EventT, reason: str) -> N
     await send_reliably(topic, key, record, "a dead letter",
                         fallback=lambda: dead_letter(raw, msg.key, reason, msg.topic, msg.partition, msg.offset,
                                                      copy_value=False))
-    pipeline.metrics.dead_letters += 1
+    pipeline.metrics.dead_letter(msg.topic, msg.partition, msg.offset, msg.key, reason)
     log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason[:200])
 
 
@@ -210,6 +211,7 @@ async def run_batches(stream: faust.StreamT, parse: Callable[[EventT], Parsed],
                 rejected = [(result.item[0], result.reason)] if isinstance(result, Failed) else result
                 for event, reason in rejected:
                     await send_dead_letter(dlq, event, reason)
+            pipeline.metrics.agent_batch_done(getattr(current_agent(), "name", "?"))
         except BaseException:  # cancelled (worker stopping) mid-batch: leave the batch to be redelivered
             hold(events)
             raise
@@ -225,8 +227,9 @@ async def _as_results(process: Callable[[list[Any]], Awaitable[list[tuple[EventT
 @app.agent(items_topic)
 async def index_items(stream: faust.StreamT) -> None:
     """Catalogue events: encode new or changed items in batches, upsert them, delete deleted ones."""
-    await pipeline.start()
-    await run_batches(stream, lambda e: parse_item(e.message.value, meta_of(e)), handle_items_batch, items_dlq)
+    with pipeline.metrics.agent_running("index_items"):  # crashes count against /health
+        await pipeline.start()
+        await run_batches(stream, lambda e: parse_item(e.message.value, meta_of(e)), handle_items_batch, items_dlq)
 
 
 async def handle_items_batch(parsed: list[tuple[EventT, ItemEvent]]) -> list[tuple[EventT, str]]:
@@ -282,10 +285,11 @@ async def run_replicas() -> None:
 @app.agent(behaviour_topic)
 async def process_behaviour(stream: faust.StreamT) -> None:
     """Behaviour events: update each user's interest and push one recommendation per user per batch."""
-    await pipeline.start()
-    await replicas.ready()  # never serve from a partial catalogue or signal
-    await run_batches(stream, lambda e: parse_behaviour(e.message.value, meta_of(e)), handle_behaviour_batch,
-                      behaviour_dlq)
+    with pipeline.metrics.agent_running("process_behaviour"):  # crashes count against /health
+        await pipeline.start()
+        await replicas.ready()  # never serve from a partial catalogue or signal
+        await run_batches(stream, lambda e: parse_behaviour(e.message.value, meta_of(e)), handle_behaviour_batch,
+                          behaviour_dlq)
 
 
 def load_state(raw: bytes | None) -> UserState | None:
@@ -418,7 +422,7 @@ async def send_recommendations(recs: dict[str, Any], plans: dict[str, UserBatch]
         rows = plans[user_id].served()
         last_event, last_behaviour = rows[-1]
         latency_ms = (sent_at - last_event.message.timestamp) * 1000.0
-        pipeline.metrics.latencies_ms.append(latency_ms)
+        pipeline.metrics.observe_latency(latency_ms)
         pipeline.metrics.recommendations += 1
         value = {
             "user_id": user_id,
@@ -447,7 +451,7 @@ async def send_recommendations(recs: dict[str, Any], plans: dict[str, UserBatch]
             await send_reliably(recommendations_topic, user_id, value, "a recommendation")
 
 
-register_pages(app, pipeline, user_state, settings)
+register_pages(app, pipeline, user_state, settings, inputs=(items_topic, behaviour_topic))
 register_replica_pages(app, replicas)
 
 
@@ -455,16 +459,23 @@ async def declare_topics() -> None:
     """Create the input, output and DLQ topics with the configured partitions before the worker subscribes.
 
     Faust ignores a source topic that does not exist yet when it subscribes, so a fresh broker must have them first.
+    Existing topics (and the tables' changelogs) must have the configured partitions: StartupError otherwise.
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from stream_app.startup import check_partitions
 
     wanted = {t.get_topic_name(): t.partitions or settings.topic_partitions
               for t in (items_topic, behaviour_topic, recommendations_topic, behaviour_dlq, items_dlq, item_vectors_topic)}
     configs = {item_vectors_topic.get_topic_name(): {"cleanup.policy": "compact"}}
+    changelogs = {t.changelog_topic.get_topic_name(): settings.topic_partitions for t in app.tables.values()}
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        present = [name for name in {**wanted, **changelogs} if name in existing]
+        found = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(present)} if present else {}
+        check_partitions({**wanted, **changelogs}, found, settings)
         missing = [NewTopic(name, num_partitions=n, replication_factor=1, topic_configs=configs.get(name, {}))
                    for name, n in wanted.items() if name not in existing]
         if missing:
