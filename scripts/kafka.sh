@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # A single-node Apache Kafka 4 broker (KRaft, combined broker+controller, 127.0.0.1 only) for
 # development, the demo and the tests. No Docker: jars come from Maven Central via kafka/pom.xml.
-#   scripts/kafka.sh fetch|start|stop|status|logs
+#   scripts/kafka.sh fetch|start|stop|status|logs [N]
 # Environment: STREAM_APP_KAFKA_BOOTSTRAP (default 127.0.0.1:9092; the controller uses port+1),
-#              STREAM_APP_KAFKA_DIR (data + logs, default <repo>/kafka/run), KAFKA_HEAP (default 512m).
+#              STREAM_APP_KAFKA_DIR (data + logs, default <repo>/kafka/run), KAFKA_HEAP (default 512m),
+#              KAFKA_SASL_PORT + KAFKA_SASL_USERS="user:password ..." (optional: a SASL_PLAINTEXT/PLAIN listener too,
+#              for testing the clients' SASL settings; the PLAINTEXT listener stays).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,22 +30,43 @@ running_pid() {
 port_open() { (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; }
 
 fetch() {
-  if compgen -G "$lib/kafka_2.13-*.jar" >/dev/null; then return 0; fi
+  # kafka/lib is rebuilt whenever kafka/pom.xml changed since the last fetch (its sha256 is kept in lib/.pom.sha256).
+  local want; want=$(sha256sum "$repo/kafka/pom.xml" | cut -d' ' -f1)
+  if compgen -G "$lib/kafka_2.13-*.jar" >/dev/null && [[ "$(cat "$lib/.pom.sha256" 2>/dev/null)" == "$want" ]]; then
+    return 0
+  fi
   say "fetching broker jars from Maven Central into kafka/lib"
-  mvn -q -B -f "$repo/kafka/pom.xml" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$lib"
+  rm -rf "$lib.new"
+  mvn -q -B -f "$repo/kafka/pom.xml" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$lib.new"
+  echo "$want" >"$lib.new/.pom.sha256"
+  rm -rf "$lib" && mv "$lib.new" "$lib"
 }
 
 write_config() {
   mkdir -p "$run/data" "$run/logs"
+  local listeners="PLAINTEXT://$host:$port,CONTROLLER://$host:$cport" advertised="PLAINTEXT://$host:$port"
+  local protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT" sasl=""
+  if [[ -n "${KAFKA_SASL_PORT:-}" ]]; then
+    listeners+=",SASL_PLAINTEXT://$host:$KAFKA_SASL_PORT"
+    advertised+=",SASL_PLAINTEXT://$host:$KAFKA_SASL_PORT"
+    protocols+=",SASL_PLAINTEXT:SASL_PLAINTEXT"
+    local users="" pair
+    for pair in ${KAFKA_SASL_USERS:?KAFKA_SASL_PORT needs KAFKA_SASL_USERS=\"user:password ...\"}; do
+      users+=" user_${pair%%:*}=\"${pair#*:}\""
+    done
+    sasl="sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required$users;"
+  fi
   cat >"$run/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$host:$cport
-listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$cport
-advertised.listeners=PLAINTEXT://$host:$port
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
+$sasl
 log.dirs=$run/data
 num.partitions=4
 auto.create.topics.enable=true
@@ -109,6 +132,10 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
-  logs) tail -n "${2:-100}" "$log" ;;
+  logs)
+    n="${2:-100}"
+    [[ "$n" =~ ^[0-9]+$ ]] || { echo "usage: $0 logs [N]  (N: number of lines, got '$n')" >&2; exit 2; }
+    if [[ ! -s "$log" ]]; then say "no broker log yet at $log"; exit 0; fi
+    tail -n "$n" "$log" ;;
   *) echo "usage: $0 fetch|start|stop|status|logs [N]" >&2; exit 2 ;;
 esac

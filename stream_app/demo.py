@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream_app.cli import kafka_command
+from stream_app.broker import kafka_command
+from stream_app.kafka_security import client_kwargs
 from stream_app.sample_data import load_catalogue, load_demo_behaviour
 from stream_app.settings import Settings, get_settings
 
@@ -62,8 +63,8 @@ async def play(settings: Settings, proc: subprocess.Popen) -> list[float]:
     """Load the catalogue, play the scripted users, print each recommendation; returns the latencies."""
     catalogue = load_catalogue()
     by_id = {item["item_id"]: item for item in catalogue}
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=5)
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
     await producer.start()
     await consumer.start()
     try:
@@ -134,7 +135,7 @@ def run_demo(keep_running: bool = False) -> int:
             p50, p95 = np.percentile(latencies, [50, 95])
             print(f"\n{len(latencies)} recommendations; event→recommendation latency p50 {p50:.1f} ms, p95 {p95:.1f} ms")
         url = f"http://{settings.web_host}:{settings.web_port}"
-        print(f"Web view: {url}/dashboard/  metrics: {url}/stats/  per user: {url}/users/alice/")
+        print(f"Dashboard: {url}/dashboard  metrics: {url}/metrics  per user: {url}/users/alice")
         if keep_running and proc is not None:
             print("Worker keeps running (Ctrl-C to stop).")
             proc.wait()

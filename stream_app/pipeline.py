@@ -10,10 +10,10 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,12 +22,44 @@ from stream_app.encoder import TextEncoder, load_encoder
 from stream_app.events import BehaviourEvent, ItemEvent
 from stream_app import collab
 from stream_app.collab import CollabParams, CollabState
+from stream_app.metrics import Metrics
 from stream_app.interest import InterestParams, UserState, apply_event, consumed_items, interest_vectors
 from stream_app.ranking import merge_slot_hits
 from stream_app.settings import Settings
-from stream_app.vectorstore import ItemRecord, ItemStore, open_item_store
+from stream_app.adapters.vectorstore import Hit, ItemRecord, ItemStore, open_item_store
 
 log = logging.getLogger(__name__)
+
+
+# Hits fetched beyond the pool per query row to absorb the row's exclusions (consumed items) by post-filtering.
+# Rows whose exclusions ate into the pool are searched again with their own filter (exact either way):
+# qdrant-edge's per-row filters cost more than this much over-fetching (see README, Performance).
+OVERFETCH = 32
+
+
+async def search_excluding(store: ItemStore, vectors: np.ndarray, pool: int,
+                           excluded: Sequence[Collection[str]], payload_fields: Sequence[str] | None = None,
+                           overfetch: int = OVERFETCH) -> list[list[Hit]]:
+    """Per query row, the `pool` nearest items not in excluded[row], exactly; at most two store calls.
+
+    One batched search at limit pool + min(max exclusions, overfetch) is post-filtered; a row that then has
+    fewer than `pool` hits while the store returned a full list (more items may exist) is searched again with
+    its own exclusion filter. The limit no longer grows with the longest history in the batch.
+    """
+    rows = np.asarray(vectors, dtype=np.float32)
+    if len(rows) == 0 or pool <= 0:
+        return [[] for _ in range(len(rows))]
+    extra = min(max((len(e) for e in excluded), default=0), overfetch)
+    limit = pool + extra
+    hits = await store.search(rows, limit, payload_fields=payload_fields)
+    out = [[h for h in row_hits if h.item_id not in ex][:pool] for row_hits, ex in zip(hits, excluded)]
+    short = [r for r, row_hits in enumerate(hits) if len(out[r]) < pool and len(row_hits) == limit]
+    if short:
+        again = await store.search(rows[short], pool, payload_fields=payload_fields,
+                                   row_excludes=[excluded[r] for r in short])
+        for r, row_hits in zip(short, again):
+            out[r] = row_hits
+    return out
 
 
 class UnknownItem(LookupError):
@@ -41,18 +73,18 @@ def item_fingerprint(item: ItemEvent) -> str:
 
 @dataclass
 class LRUCache:
-    """A bounded map of item_id -> vector (the hot part of the catalogue, saving store round trips)."""
+    """A bounded map of item_id -> ItemRecord (the hot part of the catalogue, saving store round trips)."""
 
     capacity: int
-    data: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
+    data: OrderedDict[str, ItemRecord] = field(default_factory=OrderedDict)
 
-    def get(self, key: str) -> np.ndarray | None:
+    def get(self, key: str) -> ItemRecord | None:
         value = self.data.get(key)
         if value is not None:
             self.data.move_to_end(key)
         return value
 
-    def put(self, key: str, value: np.ndarray) -> None:
+    def put(self, key: str, value: ItemRecord) -> None:
         if self.capacity <= 0:
             return
         self.data[key] = value
@@ -62,40 +94,6 @@ class LRUCache:
 
     def discard(self, key: str) -> None:
         self.data.pop(key, None)
-
-
-@dataclass
-class Metrics:
-    """Counters and a window of recent latencies for the web view."""
-
-    events: int = 0
-    batches: int = 0
-    recommendations: int = 0
-    dead_letters: int = 0
-    duplicates: int = 0  # redelivered events recognised by their event_id and not applied again
-    forgotten: int = 0  # users deleted by a `forget` event
-    items_indexed: int = 0
-    items_deleted: int = 0
-    items_unchanged: int = 0
-    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
-    started_at: float = field(default_factory=time.time)
-
-    def percentile(self, q: float) -> float | None:
-        """The q-th percentile (0..100) of recent event -> recommendation latencies, in ms."""
-        if not self.latencies_ms:
-            return None
-        return float(np.percentile(np.fromiter(self.latencies_ms, float), q))
-
-    def snapshot(self) -> dict[str, Any]:
-        """Every counter plus latency percentiles, as the /stats/ page shows them."""
-        counters = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("latencies_ms", "started_at")}
-        return {
-            **counters,
-            "latency_ms_p50": self.percentile(50),
-            "latency_ms_p95": self.percentile(95),
-            "latency_ms_p99": self.percentile(99),
-            "uptime_s": round(time.time() - self.started_at, 1),
-        }
 
 
 @dataclass
@@ -118,9 +116,9 @@ class Pipeline:
         self.store = store
         self.item_vectors = LRUCache(settings.item_cache_size)
         self.cparams = CollabParams.from_settings(settings)
-        # Co-occurrence and popularity from the events this worker sees (its partitions' users): see README.
+        # Co-occurrence and popularity of the whole stream, fed (and replaced on start) by stream_app.replica.
         self.collab = CollabState()
-        self.metrics = Metrics()
+        self.metrics = Metrics(top_k=settings.top_k)
         self.last_recommendations: OrderedDict[str, Recommendation] = OrderedDict()
         # One thread for the encoder: onnxruntime parallelises inside a run and releases the GIL.
         self._encoder_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
@@ -129,7 +127,8 @@ class Pipeline:
 
     @property
     def dim(self) -> int:
-        assert self.encoder is not None, "Pipeline.start() first"
+        if self.encoder is None:
+            raise RuntimeError("Pipeline.start() first")
         return self.encoder.dim
 
     async def start(self) -> None:
@@ -138,14 +137,27 @@ class Pipeline:
             if self._ready:
                 return
             loop = asyncio.get_running_loop()
-            if self.encoder is None:
-                self.encoder = await loop.run_in_executor(self._encoder_pool, load_encoder, self.settings)
-            if self.store is None:
-                self.store = open_item_store(self.settings)
-            await self.store.ensure_collection(self.encoder.dim)
-            self._ready = True
+            try:
+                if self.encoder is None:
+                    self.encoder = await loop.run_in_executor(self._encoder_pool, load_encoder, self.settings)
+                if self.store is None:
+                    self.store = open_item_store(self.settings)
+                await self.store.ensure_collection(self.encoder.dim)
+            except Exception as exc:
+                self.metrics.startup_error = f"pipeline failed to start: {type(exc).__name__}: {exc}"
+                raise
+            self._ready = self.metrics.ready = True
+            self.metrics.startup_error = ""
             log.info("pipeline ready: model=%s dim=%d provider=%s", self.encoder.manifest.name, self.encoder.dim,
                      self.encoder.provider)
+
+    def store_health(self) -> dict[str, Any]:
+        """The item store's health for the web view: healthy, its last error, and (embedded) child restarts."""
+        store = self.store
+        if store is None:
+            return {"healthy": False, "last_error": "not started", "restarts": 0}
+        return {"healthy": bool(store.healthy), "last_error": store.last_error,
+                "restarts": getattr(store, "restarts", 0)}
 
     async def close(self) -> None:
         if self.store is not None:
@@ -154,16 +166,36 @@ class Pipeline:
 
     async def encode(self, texts: Sequence[str], kind: str = "passage") -> np.ndarray:
         """Encode a batch of texts in the encoder thread (never on the event loop)."""
-        assert self.encoder is not None
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._encoder_pool, lambda: self.encoder.encode(list(texts), kind=kind))
+        return (await self.encode_groups([(texts, kind)]))[0]
+
+    async def encode_groups(self, groups: Sequence[tuple[Sequence[str], str]]) -> list[np.ndarray]:
+        """Encode several (texts, kind) groups in one hop to the encoder thread (queries and passages of a batch)."""
+        if self.encoder is None:
+            raise RuntimeError("Pipeline.start() first")
+        encoder = self.encoder
+
+        def run() -> list[np.ndarray]:
+            return [encoder.encode(list(texts), kind=kind) if len(texts) else np.zeros((0, encoder.dim), np.float32)
+                    for texts, kind in groups]
+
+        n = sum(len(texts) for texts, _ in groups)
+        if n == 0:
+            return run()
+        t0 = time.perf_counter()
+        out = await asyncio.get_running_loop().run_in_executor(self._encoder_pool, run)
+        m = self.metrics
+        m.encoder_s += time.perf_counter() - t0
+        m.encoded_texts += n
+        m.encoder_calls += 1
+        m.encoder_batch_max = max(m.encoder_batch_max, n)
+        m.observe_encoder(n, (time.perf_counter() - t0) * 1000)
+        return out
 
     # ---- items --------------------------------------------------------------------------------------------
     async def index_items(self, items: Sequence[ItemEvent]) -> None:
         """Upsert new or changed items (one encoder batch, one store call) and delete the deleted ones."""
-        assert self.store is not None
+        if self.store is None:
+            raise RuntimeError("Pipeline.start() first")
         latest: dict[str, ItemEvent] = {}
         for item in items:  # the last message for an id wins within a batch
             latest[item.item_id] = item
@@ -177,38 +209,49 @@ class Pipeline:
         if upserts:
             vectors = await self.encode([item.document() for item in upserts], kind="passage")
             records = [ItemRecord(item.item_id, vec, item.payload()) for item, vec in zip(upserts, vectors)]
-            await self.store.upsert(records)
-            for item, vec in zip(upserts, vectors):
-                self.item_vectors.put(item.item_id, vec)
+            with self.metrics.store_call("upsert"):
+                await self.store.upsert(records)
+            for record in records:
+                self.item_vectors.put(record.item_id, record)
             self.metrics.items_indexed += len(upserts)
 
     # ---- behaviour ----------------------------------------------------------------------------------------
-    async def item_vectors_for(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
-        """Stored vectors of the ids that exist: from the LRU cache, the rest in one store call (then cached)."""
-        assert self.store is not None
-        found: dict[str, np.ndarray] = {}
+    async def records_for(self, item_ids: Sequence[str]) -> dict[str, ItemRecord]:
+        """Stored records (vector + payload) of the ids that exist: LRU cache first, the rest in one get_records."""
+        if self.store is None:
+            raise RuntimeError("Pipeline.start() first")
+        found: dict[str, ItemRecord] = {}
+        cache = self.item_vectors
         for item_id in item_ids:
-            vec = self.item_vectors.get(item_id)
-            if vec is not None:
-                found[item_id] = vec
+            record = cache.get(item_id)
+            if record is not None:
+                found[item_id] = record
+        self.metrics.cache_hits += len(found)
         missing = sorted(set(item_ids) - found.keys())
         if missing:
-            for item_id, vec in (await self.store.get_vectors(missing)).items():
-                found[item_id] = np.asarray(vec, np.float32)
-                self.item_vectors.put(item_id, found[item_id])
+            self.metrics.store_record_calls += 1
+            with self.metrics.store_call("get_records"):
+                stored = await self.store.get_records(missing)
+            for item_id, record in stored.items():
+                found[item_id] = record
+                cache.put(item_id, record)
         return found
+
+    async def item_vectors_for(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored vectors of the ids that exist (see records_for)."""
+        return {i: r.vector for i, r in (await self.records_for(item_ids)).items()}
 
     async def event_vectors(self, events: Sequence[BehaviourEvent]) -> list[np.ndarray | UnknownItem]:
         """One vector per event: the item's stored vector, the encoded free text, or their mean for a review."""
-        item_vecs = await self.item_vectors_for([e.item_id for e in events if e.item_id])
-        text_events = [e for e in events if e.text]
-        queries = [e for e in text_events if e.type == "search"]
-        passages = [e for e in text_events if e.type != "search"]
-        text_vecs: dict[int, np.ndarray] = {}
-        for group, kind in ((queries, "query"), (passages, "passage")):
-            if group:
-                for e, vec in zip(group, await self.encode([e.text for e in group], kind=kind)):  # type: ignore[misc]
-                    text_vecs[id(e)] = vec
+        queries = [e for e in events if e.text and e.type == "search"]
+        passages = [e for e in events if e.text and e.type != "search"]
+        # The store lookup (store thread) and the encoder (encoder thread) run at the same time.
+        item_vecs, (query_vecs, passage_vecs) = await asyncio.gather(
+            self.item_vectors_for([e.item_id for e in events if e.item_id]),
+            self.encode_groups([([e.text for e in queries], "query"), ([e.text for e in passages], "passage")]),
+        )
+        text_vecs: dict[int, np.ndarray] = {id(e): v for e, v in zip(queries, query_vecs)}
+        text_vecs.update({id(e): v for e, v in zip(passages, passage_vecs)})
         out: list[np.ndarray | UnknownItem] = []
         for e in events:
             item_vec = item_vecs.get(e.item_id) if e.item_id else None
@@ -225,20 +268,21 @@ class Pipeline:
         return out
 
     def update_state(self, state: UserState, events: Sequence[BehaviourEvent], vectors: Sequence[np.ndarray]) -> UserState:
-        """Fold a user's events (in arrival order) into the interest state and the collaborative counters."""
-        observed = []  # the counters change only once every event folded in (apply_event may raise)
+        """Fold a user's events (in arrival order) into the interest state.
+
+        The collaborative counters are fed from the whole stream by stream_app.replica, not here (see the README).
+        """
         for e, vec in zip(events, vectors):
-            if e.item_id and e.type != "dislike":
-                observed.append((e.item_id, consumed_items(state), e.ts))
             state = apply_event(state, vec, e.type, e.ts, e.item_id, self.params)
-        for item_id, previous, ts in observed:
-            collab.observe(self.collab, item_id, previous, ts, self.cparams)
+        for e in events:  # online evaluation: each user's next event against the last list sent
+            self.metrics.online.next_event(e.user_id, e.type, e.item_id)
         self.metrics.events += len(events)
         return state
 
     def forget_user(self, user_id: str) -> None:
-        """Drop every per-user trace this worker keeps outside the state table (the last list sent)."""
+        """Drop every per-user trace this worker keeps outside the state table (the last list sent, metrics)."""
         self.last_recommendations.pop(user_id, None)
+        self.metrics.forget_user(user_id)
 
     async def recommend(self, states: dict[str, UserState], now: float) -> dict[str, Recommendation]:
         """Top-k per user: slot search (one batched call) + co-occurring + popular candidates, re-ranked by the blend.
@@ -255,7 +299,13 @@ class Pipeline:
         limit = k + max((len(recent[u]) for u in states), default=0)
         hits_by_row = []
         if owners:
-            hits_by_row = await self.store.search(np.concatenate([slots[u][0] for u in owners]).astype(np.float32), limit)
+            t0 = time.perf_counter()
+            # Hits carry the title only (what the list shows); the rest of the payload stays in the store.
+            with self.metrics.store_call("search"):
+                hits_by_row = await self.store.search(np.concatenate([slots[u][0] for u in owners]).astype(np.float32),
+                                                      limit, payload_fields=["title"])
+            self.metrics.observe_search((time.perf_counter() - t0) * 1e3)
+            self.metrics.store_searches += 1
         text: dict[str, dict[str, float]] = {u: {} for u in states}
         payloads: dict[str, dict] = {}
         row = 0
@@ -270,10 +320,11 @@ class Pipeline:
         extras = {u: [i for i in dict.fromkeys(collab.top_cooc(self.collab, recent[u], self.cparams, k) + popular)
                       if i not in text[u]] for u in states}
         # Counter items come from the stream, not the store: keep only those the catalogue still holds.
-        wanted = sorted({i for lst in extras.values() for i in lst} - payloads.keys())
-        if wanted:
-            payloads.update(await self.store.get_payloads(wanted))
-        extra_vectors = await self.item_vectors_for(sorted({i for u in owners for i in extras[u] if i in payloads}))
+        # One round trip (cache first) brings their payloads and the vectors their text affinity needs.
+        extra_records = await self.records_for(sorted({i for lst in extras.values() for i in lst}))
+        for i, record in extra_records.items():
+            payloads.setdefault(i, record.payload)
+        extra_vectors = {i: extra_records[i].vector for u in owners for i in extras[u] if i in extra_records}
         out: dict[str, Recommendation] = {}
         for u in states:
             vecs, weights = slots[u]
@@ -287,7 +338,11 @@ class Pipeline:
             items = [{"item_id": i, "score": float(f"{sc:.6g}"), "title": payloads.get(i, {}).get("title", "")}
                      for i, sc in ranked]
             out[u] = Recommendation(u, items, strategy, [round(float(w), 4) for w in weights])
+        bestsellers = collab.top_popular(self.collab, limit)  # the online evaluation's baseline list
         for user_id, rec in out.items():
+            seen = set(recent[user_id])
+            self.metrics.online.list_sent(user_id, [i["item_id"] for i in rec.items],
+                                          [i for i in bestsellers if i not in seen][:k])
             self.last_recommendations[user_id] = rec
             self.last_recommendations.move_to_end(user_id)
         while len(self.last_recommendations) > 10_000:
