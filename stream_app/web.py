@@ -373,15 +373,18 @@ def register_pages(app: faust.App, pipeline: Pipeline, user_state: faust.types.T
     async def user_view_noslash(web: Any, request: Request, user_id: str) -> Response:
         return await user_page(web, request, user_id)
 
-    state: dict[str, Any] = {"last_state_refresh": 0.0, "committed": {}, "admin": None}
+    state: dict[str, Any] = {"last_state_refresh": 0.0, "committed": {}, "admin": None, "catalogue_writes": None}
 
     @app.timer(SAMPLE_EVERY_S)
     async def sample_metrics() -> None:
-        """Refresh state sizes and committed offsets (every 10 s) and lag, then add a point to the series."""
+        """Refresh state sizes and committed offsets (every 10 s, and as soon as the catalogue was written to) and
+        lag, then add a point to the series."""
         m = pipeline.metrics
         now = time.monotonic()
-        if now - state["last_state_refresh"] >= STATE_EVERY_S and m.ready and pipeline.store is not None:
-            state["last_state_refresh"] = now
+        writes = (m.items_indexed, m.items_deleted)
+        due = now - state["last_state_refresh"] >= STATE_EVERY_S or writes != state["catalogue_writes"]
+        if due and m.ready and pipeline.store is not None:
+            state["last_state_refresh"], state["catalogue_writes"] = now, writes
             try:
                 with m.store_call("count"):
                     m.catalogue_size = await pipeline.store.count()

@@ -109,6 +109,9 @@ def worker(kafka_bootstrap: str, tmp_path_factory):
         assert "sent" in sent.stdout and "skipped" not in sent.stdout, sent.stdout
         n_items = len(load_catalogue())
         wait_until(lambda: get_json(f"{web}/stats/")["items_indexed"] >= n_items, 300, "indexing", proc)
+        # The catalogue size is the store's own count, refreshed by the sampler once the store was written to.
+        wait_until(lambda: (get_json(f"{web}/stats/")["catalogue_size"] or 0) >= n_items, 30, "the catalogue count",
+                   proc)
         yield env, web, proc
     finally:
         if proc.poll() is None:
