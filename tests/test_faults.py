@@ -35,7 +35,7 @@ from pydantic import SecretStr
 from stream_app.interest import InterestParams, apply_event, decode_state, new_state
 from stream_app.sample_data import load_catalogue
 from stream_app.settings import Settings
-from stream_app.vectorstore import open_item_store
+from stream_app.adapters.vectorstore import open_item_store
 
 pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parents[1]
