@@ -17,7 +17,7 @@ from stream_app.datasets import (
     wheel_cache,
 )
 
-TINY = Path(__file__).resolve().parent / "fixtures" / "tiny"
+TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny"
 
 
 @pytest.fixture(scope="module")

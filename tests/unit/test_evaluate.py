@@ -13,7 +13,7 @@ from stream_app import evaluate as ev
 from stream_app.datasets import Interactions, read_atomic
 from stream_app.settings import Settings
 
-TINY = Path(__file__).resolve().parent / "fixtures" / "tiny"
+TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny"
 
 
 @pytest.fixture(scope="module")

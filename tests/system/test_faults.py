@@ -38,7 +38,7 @@ from stream_app.settings import Settings
 from stream_app.adapters.vectorstore import open_item_store
 
 pytestmark = pytest.mark.kafka
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BASE_TS = 1767225600
 KINDS = ("view", "view", "view", "click", "click", "cart", "purchase")
 

@@ -27,7 +27,7 @@ import pytest
 from stream_app.sample_data import load_catalogue
 
 pytestmark = pytest.mark.kafka
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts" / "browser"
 BASE_TS = 1767225600
 

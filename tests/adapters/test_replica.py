@@ -3,7 +3,7 @@
 Server path: the items agent's publish_items() upserts and deletes in the shared store itself (qdrant-client's
 in-memory mode stands in for the server, as in test_vectorstore). Embedded path: publish_items() encodes once and
 emits item-vectors records; apply_item_records() turns them into another worker's embedded store. The broker in
-between is covered by tests/test_scale_out.py.
+between is covered by tests/system/test_scale_out.py.
 """
 
 from __future__ import annotations

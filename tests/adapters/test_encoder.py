@@ -15,7 +15,7 @@ from models.fidelity import evaluation_sets, measure
 from stream_app.encoder import CPU, Manifest, TextEncoder, choose_provider, load_encoder
 from stream_app.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "tests" / "fixtures" / "minilm_reference.json"
 CATALOGUE = REPO / "stream_app" / "data" / "catalogue.jsonl"
 MINILM = "all-MiniLM-L6-v2"

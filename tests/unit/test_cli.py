@@ -15,7 +15,7 @@ from stream_app.console import ProduceReport, format_dead_letter, format_explana
 from stream_app.settings import Settings
 from stream_app.startup import CoordinatorNoise, StartupError, check_partitions, check_port, lock_data_dir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NO_BROKER = {**os.environ, "STREAM_APP_KAFKA_BOOTSTRAP": "127.0.0.1:1"}  # nothing listens on port 1
 
 
