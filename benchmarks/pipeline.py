@@ -25,13 +25,10 @@ import logging
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks import workload
+from stream_app.stream.process import WorkerProcess, private_env, start_worker
 
 log = logging.getLogger(__name__)
 
@@ -49,31 +47,12 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Worker:
-    """A `stream-app worker` subprocess and where to reach it."""
-
-    env: dict[str, str]
-    proc: subprocess.Popen
-    web: str
-
-    def topic(self, name: str) -> str:
-        return self.env[f"STREAM_APP_{name.upper()}_TOPIC"]
-
-    def stats(self) -> dict | None:
-        """The worker's /stats/ page, or None while it does not answer."""
-        try:
-            with urllib.request.urlopen(f"{self.web}/stats/", timeout=5) as r:
-                return json.loads(r.read())
-        except OSError:
-            return None
-
-    def peak_rss_mb(self) -> dict[str, float]:
-        """Peak resident memory (VmHWM) of the worker and of each of its child processes (the store), in MB."""
-        out = {"worker": _vm_hwm_mb(self.proc.pid)}
-        for pid in _children(self.proc.pid):
-            out[f"child {pid}"] = _vm_hwm_mb(pid)
-        return out
+def peak_rss_mb(w: WorkerProcess) -> dict[str, float]:
+    """Peak resident memory (VmHWM) of the worker and of each of its child processes (the store), in MB."""
+    out = {"worker": _vm_hwm_mb(w.proc.pid)}
+    for pid in _children(w.proc.pid):
+        out[f"child {pid}"] = _vm_hwm_mb(pid)
+    return out
 
 
 def _vm_hwm_mb(pid: int) -> float:
@@ -142,38 +121,6 @@ def top_frames(path: Path, n: int = 15) -> list[tuple[float, float, str]]:
             incl[f] = incl.get(f, 0) + c
     ranked = sorted(own.items(), key=lambda kv: -kv[1])[:n]
     return [(100 * c / total, 100 * incl[f] / total, f) for f, c in ranked] if total else []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_worker(env: dict[str, str], log_path: Path, timeout: float = 300) -> Worker:
-    """`stream-app worker` as a child process, returned once its web view answers."""
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker", "--loglevel", "warn"],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    w = Worker(env, proc, f"http://127.0.0.1:{env['STREAM_APP_WEB_PORT']}")
-    deadline = time.monotonic() + timeout
-    while w.stats() is None:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_worker(w)
-            raise RuntimeError(f"worker did not start (exit {proc.poll()}); see {log_path}")
-        time.sleep(0.3)
-    return w
-
-
-def stop_worker(w: Worker) -> None:
-    """SIGTERM, as an operator would; SIGKILL if it hangs."""
-    if w.proc.poll() is None:
-        os.killpg(w.proc.pid, signal.SIGTERM)
-        try:
-            w.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(w.proc.pid, signal.SIGKILL)
-            w.proc.wait()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +321,7 @@ async def run_phase(name: str, producer: Any, collector: Collector, topic: str, 
     return Phase(name, len(events), last - t0, len(missing), dead, latencies)
 
 
-async def ingest(producer: Any, w: Worker, items: list[dict], stall_s: float) -> tuple[float, dict, dict]:
+async def ingest(producer: Any, w: WorkerProcess, items: list[dict], stall_s: float) -> tuple[float, dict, dict]:
     """Produce the catalogue, wait until the worker has indexed it; (seconds, stats before, stats after)."""
     before = w.stats() or {}
     base = before.get("items_indexed", 0) + before.get("items_unchanged", 0)
@@ -466,13 +413,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     enc_before = encoder_rates(settings, sample, text_sample, args.encoder_seconds)
     enc = dict(enc_before)
 
-    run_id = uuid.uuid4().hex[:8]
     data = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    env = {**os.environ, "STREAM_APP_KAFKA_BOOTSTRAP": bootstrap, "STREAM_APP_APP_ID": f"bench-{run_id}",
-           "STREAM_APP_ITEMS_TOPIC": f"bench-items-{run_id}", "STREAM_APP_BEHAVIOUR_TOPIC": f"bench-behaviour-{run_id}",
-           "STREAM_APP_RECOMMENDATIONS_TOPIC": f"bench-recs-{run_id}", "STREAM_APP_DLQ_TOPIC": f"bench-dlq-{run_id}",
-           "STREAM_APP_ITEMS_DLQ_TOPIC": f"bench-items-dlq-{run_id}", "STREAM_APP_DATA_DIR": str(data),
-           "STREAM_APP_WEB_PORT": str(free_port())}
+    env = private_env("bench", bootstrap, data)
     result: dict[str, Any] = {
         "cpu": cpu_name(), "sizes": {"items": args.items, "users": args.users, "events": args.events,
                                      "text_events": args.text_events, "rate": args.rate,
@@ -481,7 +423,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     producer = await _producer(bootstrap)
     collector: Collector | None = None
-    w = start_worker(env, data / "worker.log")
+    w = start_worker(env, data, timeout=300)
     try:
         collector = Collector(bootstrap, env["STREAM_APP_RECOMMENDATIONS_TOPIC"], env["STREAM_APP_DLQ_TOPIC"])
         await collector.start()
@@ -507,8 +449,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                    "search_ms_p99": _r(s1.get("search_ms_p99"), 2),
                                    "batches": s1.get("batches", 0) - s0.get("batches", 0)}
         result["phases"] = {k: {**p.as_dict(), "worker": p.worker} for k, p in phases.items()}
-        result["peak_rss_mb"] = _r(sum(w.peak_rss_mb().values()))
-        result["peak_rss_detail_mb"] = {k: _r(v) for k, v in w.peak_rss_mb().items()}
+        result["peak_rss_mb"] = _r(sum(peak_rss_mb(w).values()))
+        result["peak_rss_detail_mb"] = {k: _r(v) for k, v in peak_rss_mb(w).items()}
         final = w.stats() or {}
         result["search_ms"] = {"p50": _r(final.get("search_ms_p50"), 2), "p99": _r(final.get("search_ms_p99"), 2)}
         # Every event was answered; the worker commits offsets every few seconds (Faust's commit_interval):
@@ -520,12 +462,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if not sum(result["consumer_lag"].values()) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
-        stop_worker(w)
+        w.stop(timeout=60)
 
         # 3. Naive: the same worker, batch size 1, no item cache, on the same catalogue (fresh users).
         if args.naive:
             naive_env = {**env, "STREAM_APP_BATCH_SIZE": "1", "STREAM_APP_ITEM_CACHE_SIZE": "0"}
-            w = start_worker(naive_env, data / "worker-naive.log")
+            w = start_worker(naive_env, data, timeout=300, log_name="worker-naive.log")
             n_known = workload.known_item_events(users, min(args.naive_events, args.events), "nk", seed=1,
                                                  user_offset=args.users)
             n_text = workload.text_events(users, min(args.naive_events // 4 or 1, args.text_events), "nt", seed=2,
@@ -533,9 +475,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             nk = await run_phase("naive known-item", producer, collector, topic, n_known, None, args.stall_seconds)
             nt = await run_phase("naive free-text", producer, collector, topic, n_text, None, args.stall_seconds)
             result["naive"] = {"known-item burst": nk.as_dict(), "free-text burst": nt.as_dict()}
-            stop_worker(w)
+            w.stop(timeout=60)
     finally:
-        stop_worker(w)
+        w.stop(timeout=60)
         if collector is not None:
             await collector.stop()
         await producer.stop()

@@ -6,9 +6,7 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from typing import Any
@@ -20,6 +18,7 @@ from stream_app.broker import kafka_command
 from stream_app.kafka_security import client_kwargs
 from stream_app.sample_data import load_catalogue, load_demo_behaviour
 from stream_app.settings import Settings, get_settings
+from stream_app.stream.process import spawn_worker, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +46,7 @@ async def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen 
 def start_worker(settings: Settings) -> subprocess.Popen:
     """Run `stream-app worker` as a child process (its log goes to data_dir/worker.log)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    logfile = open(settings.data_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
-    return subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker", "--loglevel", "warn"],
-                            stdout=logfile, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True)
+    return spawn_worker(os.environ.copy(), settings.data_dir / "worker.log")
 
 
 def print_recommendation(rec: dict[str, Any], catalogue: dict[str, dict]) -> None:
@@ -141,9 +138,5 @@ def run_demo(keep_running: bool = False) -> int:
             proc.wait()
         return 0 if latencies else 1
     finally:
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        if proc is not None:
+            stop_process(proc)

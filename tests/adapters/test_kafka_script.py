@@ -10,25 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from stream_app.stream.process import free_port_pair
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "kafka.sh"
 
 pytestmark = pytest.mark.kafka
-
-
-def free_port_pair() -> int:
-    """A port p such that p and p+1 are free on 127.0.0.1 (broker and controller)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair")
 
 
 def run(cmd: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

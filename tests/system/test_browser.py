@@ -8,11 +8,8 @@ Skips with its reason when no Chromium is installed (.ci/run installs it).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from stream_app.sample_data import load_catalogue
+from stream_app.stream.process import private_env, start_worker
 
 pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parents[2]
@@ -66,19 +64,6 @@ def get_json(url: str) -> dict:
         return json.loads(r.read())
 
 
-def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        assert proc.poll() is None, f"worker exited with {proc.returncode} while waiting for {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-
-
 def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "stream_app.cli", *args], input=stdin, capture_output=True,
                           text=True, env=env, timeout=120, check=True)
@@ -88,39 +73,21 @@ def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess
 def worker(kafka_bootstrap: str, tmp_path_factory):
     if chromium() is None:
         pytest.skip("no Chromium (apt-get install -y chromium; .ci/run does it when missing)")
-    run = uuid.uuid4().hex[:8]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     data = tmp_path_factory.mktemp("browser-worker")
-    env = {**os.environ, "STREAM_APP_KAFKA_BOOTSTRAP": kafka_bootstrap, "STREAM_APP_APP_ID": f"ui-{run}",
-           "STREAM_APP_ITEMS_TOPIC": f"ui-items-{run}", "STREAM_APP_BEHAVIOUR_TOPIC": f"ui-behaviour-{run}",
-           "STREAM_APP_RECOMMENDATIONS_TOPIC": f"ui-recs-{run}", "STREAM_APP_DLQ_TOPIC": f"ui-dlq-{run}",
-           "STREAM_APP_ITEMS_DLQ_TOPIC": f"ui-items-dlq-{run}", "STREAM_APP_DATA_DIR": str(data),
-           "STREAM_APP_WEB_PORT": str(port), "STREAM_APP_TOPIC_PARTITIONS": "2"}
-    with open(data / "worker.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker", "--loglevel", "warn"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    web = f"http://127.0.0.1:{port}"
+    env = private_env("ui", kafka_bootstrap, data, STREAM_APP_TOPIC_PARTITIONS="2")
+    w = start_worker(env, data)
     try:
-        wait_until(lambda: get_json(f"{web}/stats/") is not None, 180, "the web view", proc)
         catalogue = "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in load_catalogue())
         sent = cli(env, "produce", "-", stdin=catalogue)
         assert "sent" in sent.stdout and "skipped" not in sent.stdout, sent.stdout
         n_items = len(load_catalogue())
-        wait_until(lambda: get_json(f"{web}/stats/")["items_indexed"] >= n_items, 300, "indexing", proc)
+        w.wait_until(lambda: (w.stats() or {}).get("items_indexed", 0) >= n_items, 300, "indexing")
         # The catalogue size is the store's own count, refreshed by the sampler once the store was written to.
-        wait_until(lambda: (get_json(f"{web}/stats/")["catalogue_size"] or 0) >= n_items, 30, "the catalogue count",
-                   proc)
-        yield env, web, proc
+        w.wait_until(lambda: ((w.stats() or {}).get("catalogue_size") or 0) >= n_items, 30, "the catalogue count")
+        yield w
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        log_text = (data / "worker.log").read_text("utf-8", "replace")
+        w.stop()
+        log_text = w.log_text()
         assert "\x1b[" not in log_text and "\r" not in log_text, "terminal control codes in the worker's log file"
 
 
@@ -136,11 +103,11 @@ def events_for(user: str, titles: list[str], start_minute: int) -> str:
 
 
 def test_dashboard_moves_and_the_user_page_explains(worker):
-    env, web, proc = worker
+    env, web = worker.env, worker.web
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     user = f"小明-{uuid.uuid4().hex[:4]}"
     cli(env, "produce", "-", stdin=events_for("warmup", ["Hoka Clifton 9", "Brooks Ghost 16"], 0))
-    wait_until(lambda: get_json(f"{web}/stats/")["recommendations"] >= 1, 60, "a first list", proc)
+    worker.wait_until(lambda: (worker.stats() or {}).get("recommendations", 0) >= 1, 60, "a first list")
 
     first = browse(f"{web}/dashboard", screenshot=ARTIFACTS / "dashboard-1.png")
     events_1, lists_1 = number(text_of(first, "events-total")), number(text_of(first, "recs-total"))
@@ -150,7 +117,8 @@ def test_dashboard_moves_and_the_user_page_explains(worker):
 
     titles = ["华为 Mate 60 Pro", "FreeBuds", "Anker"]
     cli(env, "produce", "-", stdin=events_for(user, titles, 10))
-    wait_until(lambda: get_json(f"{web}/stats/")["events"] >= events_1 + len(titles), 60, "the user's events", proc)
+    worker.wait_until(lambda: (worker.stats() or {}).get("events", 0) >= events_1 + len(titles), 60,
+                      "the user's events")
     time.sleep(2.5)  # one more sample for the charts
 
     second = browse(f"{web}/dashboard", screenshot=ARTIFACTS / "dashboard-2.png")

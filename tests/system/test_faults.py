@@ -14,10 +14,8 @@ import json
 import os
 import random
 import re
-import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -36,6 +34,7 @@ from stream_app.interest import InterestParams, apply_event, decode_state, new_s
 from stream_app.sample_data import load_catalogue
 from stream_app.settings import Settings
 from stream_app.adapters.vectorstore import open_item_store
+from stream_app.stream.process import WorkerProcess, free_port, free_port_pair, private_env
 
 pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parents[2]
@@ -43,104 +42,14 @@ BASE_TS = 1767225600
 KINDS = ("view", "view", "view", "click", "click", "cart", "purchase")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_port_pair() -> int:
-    """A port p such that p and p+1 are free on 127.0.0.1 (a private broker and its controller)."""
-    for _ in range(50):
-        port = free_port()
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair")
-
-
-@dataclass
-class Worker:
-    """A `stream-app worker` child process and what it was started with."""
-
-    env: dict[str, str]
-    data: Path
-    proc: subprocess.Popen | None = None
-    log_files: list[Path] = field(default_factory=list)
-
-    @property
-    def web(self) -> str:
-        return f"http://127.0.0.1:{self.env['STREAM_APP_WEB_PORT']}"
-
-    def topic(self, name: str) -> str:
-        return self.env[f"STREAM_APP_{name.upper()}_TOPIC"]
-
-    def start(self) -> None:
-        log = self.data / f"worker-{len(self.log_files)}.log"
-        self.log_files.append(log)
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker", "--loglevel", os.environ.get("STREAM_APP_TEST_WORKER_LOGLEVEL", "warn")],
-                                         env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                         cwd=self.data)
-
-    def stats(self) -> dict | None:
-        try:
-            with urllib.request.urlopen(f"{self.web}/stats/", timeout=2) as r:
-                return json.loads(r.read())
-        except OSError:
-            return None
-
-    def wait_until(self, predicate, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert self.proc is not None and self.proc.poll() is None, \
-                f"worker exited ({self.proc.returncode if self.proc else None}) waiting for {what}; log: {self.log_tail()}"
-            assert time.monotonic() < deadline, f"timed out waiting for {what}; log: {self.log_tail()}"
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        """SIGKILL the worker and everything it started (the vector-store child too): a crash, no clean-up."""
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-    def log_tail(self, n: int = 3000) -> str:
-        return self.log_files[-1].read_text(errors="replace")[-n:] if self.log_files else ""
-
-    def log_text(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in self.log_files)
+def new_worker(env: dict[str, str], data: Path) -> WorkerProcess:
+    """A worker logging at STREAM_APP_TEST_WORKER_LOGLEVEL (warn by default), run from its data dir."""
+    return WorkerProcess(env, data, loglevel=os.environ.get("STREAM_APP_TEST_WORKER_LOGLEVEL", "warn"), cwd=data)
 
 
 def worker_env(bootstrap: str, data: Path, **extra: str) -> dict[str, str]:
-    run = uuid.uuid4().hex[:8]
-    return {
-        **os.environ,
-        "STREAM_APP_KAFKA_BOOTSTRAP": bootstrap,
-        "STREAM_APP_APP_ID": f"faults-{run}",
-        "STREAM_APP_WORKER_ID": "w1",
-        "STREAM_APP_ITEMS_TOPIC": f"faults-items-{run}",
-        "STREAM_APP_BEHAVIOUR_TOPIC": f"faults-behaviour-{run}",
-        "STREAM_APP_RECOMMENDATIONS_TOPIC": f"faults-recs-{run}",
-        "STREAM_APP_DLQ_TOPIC": f"faults-dlq-{run}",
-        "STREAM_APP_ITEMS_DLQ_TOPIC": f"faults-items-dlq-{run}",
-        "STREAM_APP_DATA_DIR": str(data),
-        "STREAM_APP_TABLE_STORE": "rocksdb://",
-        "STREAM_APP_WEB_PORT": str(free_port()),
-        "STREAM_APP_TOPIC_PARTITIONS": "4",
-        **extra,
-    }
+    return private_env("faults", bootstrap, data, STREAM_APP_WORKER_ID="w1", STREAM_APP_TABLE_STORE="rocksdb://",
+                       STREAM_APP_TOPIC_PARTITIONS="4", **extra)
 
 
 def make_events(n_events: int, n_users: int, item_ids: list[str], seed: int = 7) -> list[dict]:
@@ -193,7 +102,7 @@ class Ledger:
             self.dead.add(event_id)
 
 
-async def open_readers(bootstrap: str, w: Worker) -> tuple[AIOKafkaConsumer, AIOKafkaConsumer]:
+async def open_readers(bootstrap: str, w: WorkerProcess) -> tuple[AIOKafkaConsumer, AIOKafkaConsumer]:
     """Consumers of the recommendations and the DLQ from their beginning (the topics are private to the test)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -227,7 +136,7 @@ async def send_events(producer: AIOKafkaProducer, topic: str, events: list[dict]
         ledger.position[(meta.partition, meta.offset)] = event_id
 
 
-def stored_states(w: Worker) -> dict[str, bytes]:
+def stored_states(w: WorkerProcess) -> dict[str, bytes]:
     """The user-state table as the (stopped) worker left it on disk: its RocksDB partitions, read-only."""
     from rocksdict import AccessType, Options, Rdict
 
@@ -245,7 +154,7 @@ def stored_states(w: Worker) -> dict[str, bytes]:
     return out
 
 
-def item_vectors(w: Worker, item_ids: list[str]) -> dict[str, np.ndarray]:
+def item_vectors(w: WorkerProcess, item_ids: list[str]) -> dict[str, np.ndarray]:
     """The vectors the worker indexed, read back from its embedded store (worker stopped)."""
 
     async def read() -> dict[str, np.ndarray]:
@@ -260,7 +169,7 @@ def item_vectors(w: Worker, item_ids: list[str]) -> dict[str, np.ndarray]:
     return asyncio.run(read())
 
 
-def assert_states_match_offline_recomputation(w: Worker, events: list[dict], vectors: dict[str, np.ndarray]) -> None:
+def assert_states_match_offline_recomputation(w: WorkerProcess, events: list[dict], vectors: dict[str, np.ndarray]) -> None:
     """Each user's stored state equals the fold of apply_event over that user's events, each applied once."""
     params = InterestParams.from_settings(Settings())
     dim = len(next(iter(vectors.values())))
@@ -284,7 +193,7 @@ def assert_states_match_offline_recomputation(w: Worker, events: list[dict], vec
                                        err_msg=f"{user}: {name}")
 
 
-def index_catalogue(w: Worker, items: list[dict], bootstrap: str) -> None:
+def index_catalogue(w: WorkerProcess, items: list[dict], bootstrap: str) -> None:
     asyncio.run(produce_items(bootstrap, w.topic("items"), items))
     w.wait_until(lambda: (w.stats() or {}).get("items_indexed", 0) >= len(items), 300, "indexing")
 
@@ -296,7 +205,7 @@ N_ITEMS = 120
 
 
 def test_sigkill_mid_stream_loses_nothing_applies_nothing_twice_and_recovers_fast(kafka_bootstrap, tmp_path):
-    w = Worker(worker_env(kafka_bootstrap, tmp_path), tmp_path)
+    w = new_worker(worker_env(kafka_bootstrap, tmp_path), tmp_path)
     items = load_catalogue()[:N_ITEMS]
     events = make_events(N_EVENTS, N_USERS, [i["item_id"] for i in items])
     all_ids = {e["event_id"] for e in events}
@@ -395,7 +304,7 @@ def http_status(url: str, token: str | None = None) -> int:
 
 def test_web_view_listens_on_loopback_only_hides_faust_table_views_and_asks_for_the_token(kafka_bootstrap, tmp_path):
     data = tmp_path / "not" / "created" / "yet"  # a missing data dir is created by the worker
-    w = Worker(worker_env(kafka_bootstrap, data, STREAM_APP_WEB_TOKEN="s3cret-token"), tmp_path)
+    w = new_worker(worker_env(kafka_bootstrap, data, STREAM_APP_WEB_TOKEN="s3cret-token"), tmp_path)
     w.start()
     try:
         w.wait_until(lambda: w.stats() is not None, 180, "the web view")
@@ -502,7 +411,7 @@ def test_kafka_clients_log_in_with_sasl_from_the_settings(private_broker):
 def test_broker_restarted_mid_stream_loses_nothing_and_logs_the_outage_briefly(private_broker, tmp_path):
     """The broker goes away while a worker (talking SASL, configured by settings only) is busy, and comes back."""
     bootstrap, kenv = private_broker.plaintext, private_broker.env  # the test's own clients use PLAINTEXT
-    w = Worker(worker_env(bootstrap, tmp_path / "data", **private_broker.settings()), tmp_path)
+    w = new_worker(worker_env(bootstrap, tmp_path / "data", **private_broker.settings()), tmp_path)
     items = load_catalogue()[:30]
     n_events, outage_s = 1000, 12.0
     events = make_events(n_events, n_events // 10, [i["item_id"] for i in items])

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 
 import pytest
+
+from stream_app.stream.process import WorkerProcess, private_env
 
 pytestmark = pytest.mark.kafka
 
@@ -29,24 +25,16 @@ def status(url: str) -> tuple[int, dict] | None:
 
 
 def test_a_worker_that_cannot_serve_answers_503(kafka_bootstrap, tmp_path):
-    run = uuid.uuid4().hex[:8]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "STREAM_APP_KAFKA_BOOTSTRAP": kafka_bootstrap, "STREAM_APP_APP_ID": f"health-{run}",
-           "STREAM_APP_ITEMS_TOPIC": f"health-items-{run}", "STREAM_APP_BEHAVIOUR_TOPIC": f"health-behaviour-{run}",
-           "STREAM_APP_RECOMMENDATIONS_TOPIC": f"health-recs-{run}", "STREAM_APP_DLQ_TOPIC": f"health-dlq-{run}",
-           "STREAM_APP_ITEMS_DLQ_TOPIC": f"health-items-dlq-{run}", "STREAM_APP_DATA_DIR": str(tmp_path),
-           "STREAM_APP_WEB_PORT": str(port), "STREAM_APP_TOPIC_PARTITIONS": "1",
-           "STREAM_APP_QDRANT_URL": "http://127.0.0.1:1"}  # a store nobody serves: every agent start fails
-    with open(tmp_path / "worker.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker", "--loglevel", "warn"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env = private_env("health", kafka_bootstrap, tmp_path, STREAM_APP_TOPIC_PARTITIONS="1",
+                      STREAM_APP_QDRANT_URL="http://127.0.0.1:1")  # a store nobody serves: every agent start fails
+    port = env["STREAM_APP_WEB_PORT"]
+    w = WorkerProcess(env, tmp_path)
+    w.start()
     try:
         deadline = time.monotonic() + 120
         seen: list[tuple[int, dict]] = []
         while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "worker.log").read_text()
+            assert w.proc.poll() is None, w.log_text()
             got = status(f"http://127.0.0.1:{port}/health")
             if got is not None:
                 seen.append(got)
@@ -60,8 +48,4 @@ def test_a_worker_that_cannot_serve_answers_503(kafka_bootstrap, tmp_path):
         index = status(f"http://127.0.0.1:{port}/")
         assert index is not None and index[0] == 503
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        w.stop()

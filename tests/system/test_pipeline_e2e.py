@@ -10,54 +10,20 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream_app.sample_data import RELATED_CATEGORIES, category_of, load_catalogue
+from stream_app.stream.process import WorkerProcess as Worker
+from stream_app.stream.process import private_env, start_worker, wait_until
 
 pytestmark = pytest.mark.kafka
 BASE_TS = 1767225600
-
-
-@dataclass
-class Worker:
-    env: dict[str, str]
-    proc: subprocess.Popen
-    web: str
-
-    def topic(self, name: str) -> str:
-        return self.env[f"STREAM_APP_{name.upper()}_TOPIC"]
-
-    def stats(self) -> dict | None:
-        try:
-            with urllib.request.urlopen(f"{self.web}/stats/", timeout=2) as r:
-                return json.loads(r.read())
-        except OSError:
-            return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert proc.poll() is None, f"worker exited with {proc.returncode} while waiting for {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 async def produce(bootstrap: str, topic: str, messages: list[tuple[str, bytes]]) -> None:
@@ -75,49 +41,16 @@ def as_json(obj: dict) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode()
 
 
-def start_worker(env: dict[str, str], data, web: str) -> Worker:
-    """`stream-app worker` as a child process, returned once its web view answers."""
-    with open(data / "worker.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker", "--loglevel", "warn"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    w = Worker(env, proc, web)
-    wait_until(lambda: w.stats() is not None, 180, "the web view", proc)
-    return w
-
-
-def stop_worker(w: Worker) -> None:
-    """Stop the worker the way an operator would (SIGTERM), killing it only if it hangs."""
-    if w.proc.poll() is None:
-        os.killpg(w.proc.pid, signal.SIGTERM)
-        try:
-            w.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(w.proc.pid, signal.SIGKILL)
-            w.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def worker(kafka_bootstrap: str, tmp_path_factory) -> Iterator[Worker]:
     """A real worker on private topics, fed the whole sample catalogue, indexed before the tests start."""
-    run = uuid.uuid4().hex[:8]
-    port = free_port()
     data = tmp_path_factory.mktemp("worker")
-    env = {
-        **os.environ,
-        "STREAM_APP_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "STREAM_APP_APP_ID": f"e2e-{run}",
-        "STREAM_APP_ITEMS_TOPIC": f"e2e-items-{run}",
-        "STREAM_APP_BEHAVIOUR_TOPIC": f"e2e-behaviour-{run}",
-        "STREAM_APP_RECOMMENDATIONS_TOPIC": f"e2e-recs-{run}",
-        "STREAM_APP_DLQ_TOPIC": f"e2e-dlq-{run}",
-        "STREAM_APP_ITEMS_DLQ_TOPIC": f"e2e-items-dlq-{run}",
-        "STREAM_APP_DATA_DIR": str(data),
-        "STREAM_APP_TABLE_STORE": "rocksdb://",  # the production store
-        "STREAM_APP_WEB_PORT": str(port),
-        "STREAM_APP_TOPIC_PARTITIONS": "2",
-        "STREAM_APP_STORE_TIMEOUT_S": "5",  # short, so the stopped-store test below is quick
-    }
-    w = start_worker(env, data, f"http://127.0.0.1:{port}")
+    env = private_env("e2e", kafka_bootstrap, data,
+        STREAM_APP_TABLE_STORE="rocksdb://",  # the production store
+        STREAM_APP_TOPIC_PARTITIONS="2",
+        STREAM_APP_STORE_TIMEOUT_S="5",  # short, so the stopped-store test below is quick
+    )
+    w = start_worker(env, data)
     try:
         catalogue = load_catalogue()
         asyncio.run(produce(kafka_bootstrap, w.topic("items"),
@@ -125,7 +58,7 @@ def worker(kafka_bootstrap: str, tmp_path_factory) -> Iterator[Worker]:
         wait_until(lambda: (w.stats() or {}).get("items_indexed", 0) >= len(catalogue), 300, "indexing", w.proc)
         yield w
     finally:
-        stop_worker(w)
+        w.stop()
 
 
 async def play_and_collect(w: Worker, events: list[dict], timeout: float = 60) -> list[dict]:
@@ -289,10 +222,10 @@ def test_a_restarted_worker_keeps_user_state_and_catalogue(worker):
     user = f"restart-{uuid.uuid4().hex[:6]}"
     case = ids_by_title("Spigen Tough Armor Case")
     asyncio.run(play_and_collect(worker, [ev(user, "view", case), ev(user, "purchase", case, minute=1)]))
-    stop_worker(worker)
+    worker.stop()
     assert worker.proc.returncode is not None
     data = worker.env["STREAM_APP_DATA_DIR"]
-    fresh = start_worker(worker.env, Path(data), worker.web)
+    fresh = start_worker(worker.env, Path(data))
     worker.proc = fresh.proc  # the fixture stops whatever runs last
     charger = ids_by_title("Anker")
     recs = asyncio.run(play_and_collect(worker, [ev(user, "view", charger, minute=2)], timeout=120))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,9 +22,11 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from test_pipeline_e2e import BASE_TS, Worker, as_json, free_port, start_worker, stop_worker, wait_until
 
 from stream_app.sample_data import load_catalogue
+from stream_app.stream.process import WorkerProcess as Worker
+from stream_app.stream.process import private_env, start_worker, wait_until
+from test_pipeline_e2e import BASE_TS, as_json
 
 pytestmark = pytest.mark.kafka
 BIG = 4 << 20  # topic and producer limit here, so that a > 1 MiB value reaches the worker (which rejects it)
@@ -81,23 +82,11 @@ def ev(user: str, item: str, minute: int, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def worker(kafka_bootstrap: str, tmp_path_factory) -> Iterator[Worker]:
-    run = uuid.uuid4().hex[:8]
-    port = free_port()
     data = tmp_path_factory.mktemp("rel-worker")
-    env = {
-        **os.environ,
-        "STREAM_APP_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "STREAM_APP_APP_ID": f"rel-{run}",
-        "STREAM_APP_ITEMS_TOPIC": f"rel-items-{run}",
-        "STREAM_APP_BEHAVIOUR_TOPIC": f"rel-behaviour-{run}",
-        "STREAM_APP_RECOMMENDATIONS_TOPIC": f"rel-recs-{run}",
-        "STREAM_APP_DLQ_TOPIC": f"rel-dlq-{run}",
-        "STREAM_APP_ITEMS_DLQ_TOPIC": f"rel-items-dlq-{run}",
-        "STREAM_APP_DATA_DIR": str(data),
-        "STREAM_APP_TABLE_STORE": "rocksdb://",
-        "STREAM_APP_WEB_PORT": str(port),
-        "STREAM_APP_TOPIC_PARTITIONS": "2",
-    }
+    env = private_env("rel", kafka_bootstrap, data,
+        STREAM_APP_TABLE_STORE="rocksdb://",
+        STREAM_APP_TOPIC_PARTITIONS="2",
+    )
 
     async def big_topics() -> None:  # the inputs accept > 1 MiB values, so the worker must judge them itself
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
@@ -114,14 +103,14 @@ def worker(kafka_bootstrap: str, tmp_path_factory) -> Iterator[Worker]:
             await admin.close()
 
     asyncio.run(big_topics())
-    w = start_worker(env, data, f"http://127.0.0.1:{port}")
+    w = start_worker(env, data)
     try:
         asyncio.run(produce(kafka_bootstrap, w.topic("items"),
                             [(i["item_id"].encode(), as_json(i)) for i in load_catalogue()[:N_ITEMS]]))
         wait_until(lambda: (w.stats() or {}).get("items_indexed", 0) >= N_ITEMS, 300, "indexing", w.proc)
         yield w
     finally:
-        stop_worker(w)
+        w.stop()
 
 
 def test_poison_items_cost_only_themselves(worker):
@@ -275,10 +264,10 @@ def test_a_forgotten_user_stays_forgotten_after_a_restart_from_the_changelog(wor
     page = user_page(worker, gone)
     assert not page["known"] and "last_recommendation" not in page
 
-    stop_worker(worker)
+    worker.stop()
     data = Path(worker.env["STREAM_APP_DATA_DIR"])
     shutil.rmtree(data / "faust")  # local tables gone: the restart restores them from the changelog
-    fresh = start_worker(worker.env, data, worker.web)
+    fresh = start_worker(worker.env, data)
     worker.proc = fresh.proc
     wait_until(lambda: user_page_soon(worker, kept).get("events") == 3, 120, "the restored state", worker.proc)
     page = user_page(worker, gone)

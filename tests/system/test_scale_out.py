@@ -11,14 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
-import signal
-import subprocess
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -31,8 +27,9 @@ from stream_app.replica import counters_json
 from stream_app.sample_data import RELATED_CATEGORIES, category_of, load_catalogue
 from stream_app.settings import Settings
 from stream_app.signal_state import SignalState, count_events
-from test_pipeline_e2e import (BASE_TS, Worker, as_json, free_port, play_and_collect, produce, stop_worker,
-                               wait_until)
+from stream_app.stream.process import WorkerProcess as Worker
+from stream_app.stream.process import free_port, private_env, wait_until
+from test_pipeline_e2e import BASE_TS, as_json, play_and_collect, produce
 
 pytestmark = pytest.mark.kafka
 
@@ -83,12 +80,6 @@ async def cleanup_policy(bootstrap: str, topic: str) -> str:
         await admin.close()
 
 
-def spawn(env: dict[str, str], data) -> subprocess.Popen:
-    with open(data / "worker.log", "ab") as log:
-        return subprocess.Popen([os.sys.executable, "-m", "stream_app.cli", "worker", "--loglevel", "warn"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
 def assert_same_counters(got: dict, reference: SignalState) -> None:
     """Equal counters: the same items and neighbours in every counter map, each value within 1e-9 relative.
 
@@ -110,31 +101,23 @@ def assert_same_counters(got: dict, reference: SignalState) -> None:
 
 @pytest.fixture(scope="module")
 def two_workers(kafka_bootstrap: str, tmp_path_factory) -> Iterator[list[Worker]]:
-    run = uuid.uuid4().hex[:8]
-    base = {
-        **os.environ,
-        "STREAM_APP_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "STREAM_APP_APP_ID": f"scale-{run}",
-        "STREAM_APP_ITEMS_TOPIC": f"scale-items-{run}",
-        "STREAM_APP_BEHAVIOUR_TOPIC": f"scale-behaviour-{run}",
-        "STREAM_APP_RECOMMENDATIONS_TOPIC": f"scale-recs-{run}",
-        "STREAM_APP_DLQ_TOPIC": f"scale-dlq-{run}",
-        "STREAM_APP_ITEMS_DLQ_TOPIC": f"scale-items-dlq-{run}",
-        "STREAM_APP_TABLE_STORE": "rocksdb://",
-        "STREAM_APP_TOPIC_PARTITIONS": "4",
-        "STREAM_APP_WEB_HOST": "127.0.0.1",  # the advertised address other workers route /users/<id>/ to
-        "STREAM_APP_SIGNAL_SNAPSHOT_INTERVAL_S": "1",  # so a SIGKILLed worker has a snapshot to resume from
-    }
+    base = private_env("scale", kafka_bootstrap, "",
+                       STREAM_APP_TABLE_STORE="rocksdb://",
+                       STREAM_APP_TOPIC_PARTITIONS="4",
+                       STREAM_APP_WEB_HOST="127.0.0.1",  # the advertised address other workers route /users/<id>/ to
+                       STREAM_APP_SIGNAL_SNAPSHOT_INTERVAL_S="1",  # so a SIGKILLed worker has a snapshot to resume from
+                       )
+    vectors_topic = base["STREAM_APP_APP_ID"] + "-item-vectors"
     workers: list[Worker] = []
     try:
         for n in range(2):
             data = tmp_path_factory.mktemp(f"worker{n}")
-            port = free_port()
-            env = {**base, "STREAM_APP_DATA_DIR": str(data), "STREAM_APP_WEB_PORT": str(port)}
-            w = Worker(env, spawn(env, data), f"http://127.0.0.1:{port}")
+            env = {**base, "STREAM_APP_DATA_DIR": str(data), "STREAM_APP_WEB_PORT": str(free_port())}
+            w = Worker(env, data)
+            w.start()
             workers.append(w)
             if n == 0:  # the first creates the topics; the second starts meanwhile
-                wait_until(lambda: asyncio.run(topic_exists(kafka_bootstrap, f"scale-{run}-item-vectors")),
+                wait_until(lambda: asyncio.run(topic_exists(kafka_bootstrap, vectors_topic)),
                            120, "the topics", w.proc)
         for w in workers:
             wait_until(lambda: w.stats() is not None, 240, "the web view", w.proc)
@@ -146,7 +129,7 @@ def two_workers(kafka_bootstrap: str, tmp_path_factory) -> Iterator[list[Worker]
         yield workers
     finally:
         for w in workers:
-            stop_worker(w)
+            w.stop()
 
 
 @pytest.mark.timeout(900)
@@ -203,8 +186,7 @@ def test_two_workers_catalogue_lists_routing_counters_and_failover(two_workers):
         assert_same_counters(get_json(f"{w.web}/replicas/counters/?top=1000"), reference)
 
     # --- failover: SIGKILL b; a takes b's partitions (standby replicas) and serves every user with their state
-    os.killpg(b.proc.pid, signal.SIGKILL)
-    b.proc.wait()
+    b.kill()
     killed_at = time.monotonic()
     more = [{"event_id": f"{u}-last", "user_id": u, "type": "view", "item_id": items_of("audio", "en", 3)[2],
              "ts": BASE_TS + 3600} for u in expected]
@@ -217,7 +199,7 @@ def test_two_workers_catalogue_lists_routing_counters_and_failover(two_workers):
         assert view is not None and view["events"] == n + 1, (user, view)  # earlier events kept, none twice
     # --- b restarts on its data dir: the catalogue resumes at its saved positions (nothing re-read), the signal from
     # its last snapshot plus the tail, and its counters again equal one process's count of every event
-    b.proc = spawn(b.env, Path(b.env["STREAM_APP_DATA_DIR"]))
+    b.start()
     wait_until(lambda: replicas(b).get("ready"), 240, "the restarted worker", b.proc)
     after = replicas(b)
     assert after["catalogue_items"] == n_items and after["catalogue"]["records_read"] == 0

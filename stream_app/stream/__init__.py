@@ -1,0 +1,1 @@
+"""The streaming side: the Faust app and everything a running worker needs."""
