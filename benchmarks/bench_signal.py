@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from stream_app.collab import CollabParams
-from stream_app.events import parse_behaviour
+from stream_app.core.collab import CollabParams
+from stream_app.core.events import parse_behaviour
 from stream_app.settings import Settings
-from stream_app.signal_state import SignalState, count_events, load, save
+from stream_app.core.signal_state import SignalState, count_events, load, save
 
 
 def main() -> None:

@@ -344,7 +344,7 @@ async def ingest(producer: Any, w: WorkerProcess, items: list[dict], stall_s: fl
 
 def encoder_rates(settings: Any, titles: list[str], texts: list[tuple[str, str]], min_seconds: float) -> dict:
     """The served encoder alone on the same texts: titles/s (passages) and free texts/s (reviews and queries)."""
-    from stream_app.encoder import load_encoder
+    from stream_app.adapters.encoder import load_encoder
 
     enc = load_encoder(settings)
     enc.encode(titles[:8])

@@ -164,7 +164,7 @@ def dynamic_int8_folder(model_dir: Path, tmp: Path) -> Path:
     """A copy of model_dir (links) whose int8 graph is the former recipe: dynamic int8, per-channel, FFN output fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415
     from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415
-    from stream_app.encoder import Manifest  # noqa: PLC0415
+    from stream_app.adapters.encoder import Manifest  # noqa: PLC0415
 
     for name in ("model.onnx", "tokenizer.json", "manifest.json"):
         (tmp / name).symlink_to(model_dir / name)
@@ -180,7 +180,7 @@ def encoder_main(argv: list[str] | None = None) -> int:
 
     from models.export import ensure_model  # noqa: PLC0415
     from models.fidelity import evaluation_sets, measure  # noqa: PLC0415
-    from stream_app.encoder import TextEncoder  # noqa: PLC0415
+    from stream_app.adapters.encoder import TextEncoder  # noqa: PLC0415
     from stream_app.settings import Settings  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="python -m stream_app.bench encoder", description=encoder_main.__doc__)

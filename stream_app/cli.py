@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import Any
 
-from stream_app.broker import kafka_command
+from stream_app.adapters.broker import kafka_command
 
 log = logging.getLogger("stream_app")
 
@@ -26,14 +26,14 @@ def fail(message: str, code: int = 1) -> int:
 
 def client_options(settings: Any) -> dict[str, Any]:
     """aiokafka keyword arguments beyond the bootstrap address: the Kafka security settings (STREAM_APP_KAFKA_*)."""
-    from stream_app.kafka_security import client_kwargs
+    from stream_app.adapters.kafka_security import client_kwargs
 
     return {k: v for k, v in client_kwargs(settings).items() if k != "bootstrap_servers"}
 
 
 def worker_command(faust_args: list[str]) -> int:
-    """Checks that fail fast with one line, then the Faust worker of stream_app.app (web view included)."""
-    from stream_app.startup import (
+    """Checks that fail fast with one line, then the Faust worker of stream_app.stream.app (web view included)."""
+    from stream_app.stream.startup import (
         CoordinatorNoise,
         StartupError,
         check_port,
@@ -44,7 +44,7 @@ def worker_command(faust_args: list[str]) -> int:
     )
 
     if any(a in ("-h", "--help") for a in faust_args):  # Faust's own option help: no broker, no checks
-        from stream_app.app import app
+        from stream_app.stream.app import app
 
         sys.argv = ["stream-app", "worker", *faust_args]
         app.main()
@@ -55,7 +55,7 @@ def worker_command(faust_args: list[str]) -> int:
         bind = getattr(settings, "web_bind", None) or "0.0.0.0"
         check_port(bind, settings.web_port)
         try:
-            from stream_app.app import app, declare_topics, pipeline
+            from stream_app.stream.app import app, declare_topics, pipeline
         except Exception as exc:  # noqa: BLE001 - e.g. Faust refusing a setting (ImproperlyConfigured)
             raise StartupError(f"cannot set up the Faust app from the STREAM_APP_* settings: {exc}", 2) from None
 
@@ -90,7 +90,7 @@ def encode_command(texts: list[str], model: str | None, fp32: bool) -> int:
     """Encode texts once and print each vector's shape, norm and the time taken."""
     import time
 
-    from stream_app.encoder import load_encoder
+    from stream_app.adapters.encoder import load_encoder
     from stream_app.settings import Settings
 
     overrides: dict[str, object] = {"encoder_int8": False} if fp32 else {}
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_tool(args: argparse.Namespace) -> int:
     """Commands that need the settings: produce, tail, explain, forget, export-model (one-line errors)."""
     from stream_app.console import ToolError, fetch_user, forget, format_explanation, out, produce, tail
-    from stream_app.startup import StartupError, load_settings
+    from stream_app.stream.startup import StartupError, load_settings
 
     try:
         settings = load_settings()

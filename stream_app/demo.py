@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream_app.broker import kafka_command
-from stream_app.kafka_security import client_kwargs
+from stream_app.adapters.broker import kafka_command
+from stream_app.adapters.kafka_security import client_kwargs
 from stream_app.sample_data import load_catalogue, load_demo_behaviour
 from stream_app.settings import Settings, get_settings
 from stream_app.stream.process import spawn_worker, stop_process

@@ -19,9 +19,9 @@ Protocol
   the global order (interest state, co-occurrence and popularity alike): no future data anywhere.
 - Models, all in the same replay: most-popular (counts so far), item-knn (co-occurrence of every pair of a
   user's items, cosine-normalised, learned from the replayed stream), text-mean (mean embedding of the last 10
-  items), seed-attention (stream_app.interest with one slot, no decay, equal event weights, ranked through
-  stream_app.ranking.merge_slot_hits) and the product default `blend` (stream_app.interest with the settings'
-  parameters, re-ranked with stream_app.collab's co-occurrence and popularity counters and blend).
+  items), seed-attention (stream_app.core.interest with one slot, no decay, equal event weights, ranked through
+  stream_app.core.ranking.merge_slot_hits) and the product default `blend` (stream_app.core.interest with the settings'
+  parameters, re-ranked with stream_app.core.collab's co-occurrence and popularity counters and blend).
 - Candidate search is exact numpy scoring over all item embeddings, standing in for Qdrant.
 - Tuning (`--tune`) searches the default's parameters on validation targets only; the reported run uses the
   values in Settings.
@@ -45,11 +45,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from stream_app import collab
-from stream_app.collab import CollabParams, CollabState
+from stream_app.core import collab
+from stream_app.core.collab import CollabParams, CollabState
 from stream_app.datasets import Interactions, load_dataset
-from stream_app.interest import POSITIVE_TYPES, InterestParams, UserState, apply_event, consumed_items, interest_vectors, new_state
-from stream_app.ranking import merge_slot_hits
+from stream_app.core.interest import POSITIVE_TYPES, InterestParams, UserState, apply_event, consumed_items, interest_vectors, new_state
+from stream_app.core.ranking import merge_slot_hits
 from stream_app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class TextMean(Model):
 
 
 class InterestReplay(Model):
-    """Keeps each user's stream_app.interest state, folding events with apply_event exactly as the stream does."""
+    """Keeps each user's stream_app.core.interest state, folding events with apply_event exactly as the stream does."""
 
     def __init__(self, n_users: int, dim: int, params: InterestParams) -> None:
         self.params = params
@@ -419,7 +419,7 @@ def model_fingerprint(model_dir: Path, int8: bool) -> str:
 
 def item_embeddings(data: Interactions, settings: Settings) -> np.ndarray:
     """(n_items, dim) float32 unit vectors of the item texts, cached under data_dir/eval-cache by dataset+model."""
-    from stream_app.encoder import load_encoder  # noqa: PLC0415 - onnxruntime only when embeddings are needed
+    from stream_app.adapters.encoder import load_encoder  # noqa: PLC0415 - onnxruntime only when embeddings are needed
 
     encoder = load_encoder(settings)
     model_dir = settings.resolved_model_dir()

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     dlq_topic: str = "behaviour-dlq"
     items_dlq_topic: str = "items-dlq"
     item_vectors_topic: str = Field("", description="Compacted topic of encoded items that every worker's embedded "
-                                    "store replicates (stream_app.replica); empty = <app_id>-item-vectors.")
+                                    "store replicates (stream_app.stream.replica); empty = <app_id>-item-vectors.")
     table_standby_replicas: int = Field(1, ge=0, description="Standby copies of each user-state partition kept warm "
                                         "on other workers, so a failed worker's users move with their state.")
     signal_snapshot_interval_s: float = Field(30.0, gt=0, description="How often a worker saves its collaborative "
@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     batch_timeout_s: float = Field(0.02, gt=0, description="Longest wait to fill a batch before processing it.")
     items_batch_timeout_s: float = Field(0.25, gt=0, description="The same for catalogue batches: Faust's take() stops buffering while a batch is processed, so a longer wait lets ingestion batches fill (the encoder's best batch) at the cost of an item update's latency.")
 
-    # --- Reliability (README "Reliability"; input bounds are constants in stream_app/events.py) -------------
+    # --- Reliability (README "Reliability"; input bounds are constants in stream_app/core/events.py) -------------
     dedupe_window: int = Field(256, ge=0, description="Event ids remembered per user (8 bytes each), so a redelivered event is not applied twice.")
     batch_retries: int = Field(3, ge=0, description="Retries of a failing batch step (encoder, store) before it is split to find the culprit.")
     retry_backoff_s: float = Field(0.1, gt=0, description="First wait between retries; doubles each time.")
@@ -132,7 +132,7 @@ class Settings(BaseSettings):
 
     def kafka_client_options(self) -> dict:
         """aiokafka security keyword arguments (all but bootstrap_servers), from kafka_security.client_kwargs."""
-        from stream_app.kafka_security import client_kwargs  # the one mapping; imported here (it imports Settings)
+        from stream_app.adapters.kafka_security import client_kwargs  # the one mapping; imported here (it imports Settings)
 
         return {k: v for k, v in client_kwargs(self).items() if k != "bootstrap_servers"}
 

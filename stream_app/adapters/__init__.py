@@ -1,1 +1,1 @@
-"""Adapters to the outside world: the vector store (and, as they move here, the encoder and Kafka admin)."""
+"""Adapters to the outside world: the encoder (onnxruntime), the vector store, Kafka security and the broker script."""

@@ -1,1 +1,1 @@
-"""The streaming side: the Faust app and everything a running worker needs."""
+"""The streaming side: the Faust app, the Faust-free pipeline, error policy, metrics, web pages and worker process."""

@@ -12,7 +12,7 @@ import pytest
 
 from models.export import ensure_model
 from models.fidelity import evaluation_sets, measure
-from stream_app.encoder import CPU, Manifest, TextEncoder, choose_provider, load_encoder
+from stream_app.adapters.encoder import CPU, Manifest, TextEncoder, choose_provider, load_encoder
 from stream_app.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from models import export as exp
 from models import sources
 from models.bert_onnx import ffn_output_matmul
-from stream_app.encoder import TextEncoder
+from stream_app.adapters.encoder import TextEncoder
 from stream_app.settings import Settings
 
 HIDDEN, LAYERS, HEADS, FFN, VOCAB, POSITIONS = 32, 2, 4, 64, 40, 16

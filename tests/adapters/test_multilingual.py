@@ -137,14 +137,14 @@ def exported_dir() -> Path:
 @pytest.fixture(scope="module", params=[True, False], ids=["int8", "fp32"])
 def encode(request, exported_dir: Path) -> Callable[[Sequence[str], str], np.ndarray]:
     """The production TextEncoder (onnxruntime CPU) over the exported folder, int8 and fp32 graphs."""
-    from stream_app.encoder import TextEncoder
+    from stream_app.adapters.encoder import TextEncoder
 
     return TextEncoder(exported_dir, int8=request.param, provider="cpu", batch_size=32).encode
 
 
 def test_onnx_export_matches_numpy_reference(exported_dir: Path) -> None:
     """The exported fp32 graph + tokenizer reproduce the numpy BERT forward over the checkpoint (cos >= 0.9999)."""
-    from stream_app.encoder import TextEncoder
+    from stream_app.adapters.encoder import TextEncoder
 
     ref = numpy_encoder(checkpoint_dir())
     onnx = TextEncoder(exported_dir, int8=False, provider="cpu")

@@ -7,12 +7,12 @@ import weakref
 import pytest
 
 from models.export import ensure_model
-from stream_app.encoder import TextEncoder
-from stream_app.events import BehaviourEvent, ItemEvent
-from stream_app.interest import new_state
-from stream_app.pipeline import Pipeline, UnknownItem
+from stream_app.adapters.encoder import TextEncoder
+from stream_app.core.events import BehaviourEvent, ItemEvent
+from stream_app.core.interest import new_state
+from stream_app.stream.pipeline import Pipeline, UnknownItem
 from stream_app.settings import Settings
-from stream_app.signal_state import SignalState, count_events
+from stream_app.core.signal_state import SignalState, count_events
 
 _SIGNALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # each pipeline's counters with their user windows
 
@@ -96,7 +96,7 @@ async def test_search_excluding_is_exact_with_one_call_or_a_filtered_second(tmp_
     import numpy as np
 
     from stream_app.adapters.vectorstore import EmbeddedItemStore, ItemRecord
-    from stream_app.pipeline import search_excluding
+    from stream_app.stream.pipeline import search_excluding
 
     dim = 16
     rng = np.random.default_rng(3)

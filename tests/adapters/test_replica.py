@@ -17,10 +17,10 @@ from aiokafka.structs import ConsumerRecord
 from qdrant_client import AsyncQdrantClient
 
 from models.export import ensure_model
-from stream_app.encoder import TextEncoder
-from stream_app.events import ItemEvent
-from stream_app.pipeline import Pipeline, item_fingerprint
-from stream_app.replica import apply_item_records, publish_items
+from stream_app.adapters.encoder import TextEncoder
+from stream_app.core.events import ItemEvent
+from stream_app.stream.pipeline import Pipeline, item_fingerprint
+from stream_app.stream.replica import apply_item_records, publish_items
 from stream_app.settings import Settings
 from stream_app.adapters.vectorstore import QdrantServerStore
 

@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import SecretStr
 
-from stream_app.interest import InterestParams, apply_event, decode_state, new_state
+from stream_app.core.interest import InterestParams, apply_event, decode_state, new_state
 from stream_app.sample_data import load_catalogue
 from stream_app.settings import Settings
 from stream_app.adapters.vectorstore import open_item_store
@@ -370,7 +370,7 @@ def private_broker(tmp_path_factory) -> PrivateBroker:
 
 def test_kafka_clients_log_in_with_sasl_from_the_settings(private_broker):
     """Admin, producer and consumer built from client_kwargs(Settings) talk SASL; a wrong password is refused."""
-    from stream_app.kafka_security import client_kwargs
+    from stream_app.adapters.kafka_security import client_kwargs
 
     good = Settings(**{k.removeprefix("STREAM_APP_").lower(): v for k, v in private_broker.settings().items()})
     topic = f"sasl-{uuid.uuid4().hex[:8]}"

@@ -21,12 +21,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from stream_app.collab import CollabParams
-from stream_app.events import parse_behaviour
-from stream_app.replica import counters_json
+from stream_app.core.collab import CollabParams
+from stream_app.core.events import parse_behaviour
+from stream_app.stream.replica import counters_json
 from stream_app.sample_data import RELATED_CATEGORIES, category_of, load_catalogue
 from stream_app.settings import Settings
-from stream_app.signal_state import SignalState, count_events
+from stream_app.core.signal_state import SignalState, count_events
 from stream_app.stream.process import WorkerProcess as Worker
 from stream_app.stream.process import free_port, private_env, wait_until
 from test_pipeline_e2e import BASE_TS, as_json, play_and_collect, produce

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import pytest
 from faust.types.tuples import Message
 
-import stream_app.app as agent
-from stream_app.events import EventError
-from stream_app.resilience import RetryPolicy
+import stream_app.stream.app as agent
+from stream_app.core.events import EventError
+from stream_app.stream.resilience import RetryPolicy
 
 
 @dataclass
@@ -139,8 +139,8 @@ def test_a_failure_in_processing_dead_letters_only_the_event_that_fails_alone():
 
 
 def test_plan_user_skips_redeliveries_and_a_forget_drops_what_came_before():
-    from stream_app.events import BehaviourEvent
-    from stream_app.interest import new_state, remember_events
+    from stream_app.core.events import BehaviourEvent
+    from stream_app.core.interest import new_state, remember_events
 
     def row(event_id: str, kind: str = "view"):
         return event(0, b"x"), BehaviourEvent(event_id, "u", kind, "sku-1" if kind != "forget" else None, None, 1.0)

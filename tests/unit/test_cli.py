@@ -13,7 +13,7 @@ import pytest
 from stream_app import cli
 from stream_app.console import ProduceReport, format_dead_letter, format_explanation, route
 from stream_app.settings import Settings
-from stream_app.startup import CoordinatorNoise, StartupError, check_partitions, check_port, lock_data_dir
+from stream_app.stream.startup import CoordinatorNoise, StartupError, check_partitions, check_port, lock_data_dir
 
 REPO = Path(__file__).resolve().parents[2]
 NO_BROKER = {**os.environ, "STREAM_APP_KAFKA_BOOTSTRAP": "127.0.0.1:1"}  # nothing listens on port 1
@@ -84,7 +84,7 @@ def test_an_unreachable_broker_is_one_line(tmp_path):
 
 def test_data_dir_lock_is_exclusive_across_processes(tmp_path):
     lock_data_dir(tmp_path / "data")
-    code = ("import sys; from pathlib import Path; from stream_app.startup import lock_data_dir, StartupError\n"
+    code = ("import sys; from pathlib import Path; from stream_app.stream.startup import lock_data_dir, StartupError\n"
             "try:\n    lock_data_dir(Path(sys.argv[1]))\nexcept StartupError as e:\n    print(e); sys.exit(3)")
     other = subprocess.run([sys.executable, "-c", code, str(tmp_path / "data")], capture_output=True, text=True)
     assert other.returncode == 3

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from stream_app import collab
-from stream_app.collab import CollabParams, CollabState
+from stream_app.core import collab
+from stream_app.core.collab import CollabParams, CollabState
 from stream_app.settings import Settings
 
 HOUR = 3600.0
@@ -83,7 +83,7 @@ def test_blend_and_rerank() -> None:
 
 
 def test_text_affinity_matches_merge_slot_hits() -> None:
-    from stream_app.ranking import merge_slot_hits
+    from stream_app.core.ranking import merge_slot_hits
 
     rng = np.random.default_rng(1)
     items = rng.normal(size=(20, 8)).astype(np.float32)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from stream_app.events import (DLQ_KEY_CHARS, DLQ_REASON_CHARS, DLQ_VALUE_BYTES, EventError, MessageMeta, dead_letter,
+from stream_app.core.events import (DLQ_KEY_CHARS, DLQ_REASON_CHARS, DLQ_VALUE_BYTES, EventError, MessageMeta, dead_letter,
                                parse_behaviour, parse_item)
 
 
@@ -121,7 +121,7 @@ def test_text_at_the_limit_is_accepted():
 
 
 def test_any_unexpected_exception_becomes_an_event_error(monkeypatch):
-    import stream_app.events as events
+    import stream_app.core.events as events
 
     def boom(v):
         raise ZeroDivisionError("nobody expected this")

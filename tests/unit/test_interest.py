@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from stream_app.interest import (
+from stream_app.core.interest import (
     EVENT_TYPES,
     InterestParams,
     apply_event,

@@ -10,10 +10,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_app import collab
-from stream_app.collab import CollabParams, CollabState
-from stream_app.explain import attention_weights, because, cooc_contributions, score_parts
-from stream_app.metrics import Histogram, Metrics, MetricsCollector, OnlineEval
+from stream_app.core import collab
+from stream_app.core.collab import CollabParams, CollabState
+from stream_app.stream.explain import attention_weights, because, cooc_contributions, score_parts
+from stream_app.stream.metrics import Histogram, Metrics, MetricsCollector, OnlineEval
 
 
 def scrape(m: Metrics) -> dict[str, float]:
@@ -84,12 +84,12 @@ def test_health_is_not_ok_until_ready_and_while_an_agent_crash_loops():
     assert not m.health()["ok"] and "starting" in m.health()["problems"][0]
     m.ready = True
     assert m.health()["ok"]
-    with pytest.raises(RuntimeError), m.agent_running("stream_app.app.process_behaviour"):
+    with pytest.raises(RuntimeError), m.agent_running("stream_app.stream.app.process_behaviour"):
         raise RuntimeError("model missing")
     h = m.health()
     assert not h["ok"] and h["agents"]["process_behaviour"]["status"] == "crash-looping"
     assert "model missing" in h["problems"][0]
-    m.agent_batch_done("stream_app.app.process_behaviour")  # it works again
+    m.agent_batch_done("stream_app.stream.app.process_behaviour")  # it works again
     assert m.health()["ok"]
     m.startup_error = "pipeline failed to start: FileNotFoundError: model.onnx"
     assert m.health()["problems"] == [m.startup_error]

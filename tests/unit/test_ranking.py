@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_app.ranking import merge_slot_hits, popular_items
+from stream_app.core.ranking import merge_slot_hits, popular_items
 
 
 def test_scores_by_max_weighted_similarity_and_dedupes():

@@ -7,9 +7,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from stream_app.interest import (decode_state, encode_state, event_digest, has_seen, new_state,
+from stream_app.core.interest import (decode_state, encode_state, event_digest, has_seen, new_state,
                                  remember_events)
-from stream_app.resilience import Failed, RetryPolicy, process_resilient
+from stream_app.stream.resilience import Failed, RetryPolicy, process_resilient
 
 FAST = RetryPolicy(retries=2, split_retries=1, backoff_s=0.001, backoff_max_s=0.002)
 

@@ -13,10 +13,10 @@ import pytest
 from faust.auth import SASLCredentials, SSLCredentials
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from stream_app.kafka_security import client_kwargs, faust_credentials
-from stream_app.logfilter import RepeatFilter
+from stream_app.adapters.kafka_security import client_kwargs, faust_credentials
+from stream_app.stream.logfilter import RepeatFilter
 from stream_app.settings import Settings
-from stream_app.webauth import access_denied, is_loopback
+from stream_app.stream.webauth import access_denied, is_loopback
 
 CA = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
 
@@ -73,7 +73,7 @@ def test_secrets_do_not_show_in_the_settings_repr():
 
 def test_the_web_server_binds_loopback_by_default_and_faust_table_views_are_off():
     """Read from the Faust app's own configuration, in a fresh interpreter (the app reads settings at import)."""
-    code = ("from stream_app.app import app; c = app.conf; "
+    code = ("from stream_app.stream.app import app; c = app.conf; "
             "print(c.web_bind, c.web_tables_enabled, c.web_router_enabled)")
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("STREAM_APP_WEB")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -136,7 +136,7 @@ def test_settings_offer_the_same_options_without_the_bootstrap():
 
 
 def test_the_filter_sits_on_the_kafka_client_loggers_and_folds_their_repeats(caplog):
-    from stream_app.logfilter import install_connection_error_filter
+    from stream_app.stream.logfilter import install_connection_error_filter
 
     installed = install_connection_error_filter(10.0)
     for name in ("aiokafka", "aiokafka.conn", "aiokafka.consumer.fetcher", "aiokafka.consumer.group_coordinator",

@@ -9,12 +9,12 @@ import random
 import numpy as np
 import pytest
 
-from stream_app import collab
-from stream_app.collab import CollabParams, CollabState
-from stream_app.events import BehaviourEvent
-from stream_app.interest import InterestParams, apply_event, consumed_items, new_state
-from stream_app.replica import decode_item_vector, encode_item_vector
-from stream_app.signal_state import SignalState, count_events, load, save, to_json
+from stream_app.core import collab
+from stream_app.core.collab import CollabParams, CollabState
+from stream_app.core.events import BehaviourEvent
+from stream_app.core.interest import InterestParams, apply_event, consumed_items, new_state
+from stream_app.stream.replica import decode_item_vector, encode_item_vector
+from stream_app.core.signal_state import SignalState, count_events, load, save, to_json
 from stream_app.adapters.vectorstore import ItemRecord
 
 TYPES = ["view", "click", "cart", "purchase", "dislike", "search"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from stream_app.web import STATIC, json_bytes, render_user_page, wants_json
+from stream_app.stream.web import STATIC, json_bytes, render_user_page, wants_json
 
 
 def req(query: dict | None = None, accept: str = "") -> SimpleNamespace:
@@ -57,7 +57,7 @@ def test_dashboard_assets_ship_with_the_package_and_need_no_network():
 
 def test_raw_tables_changelog_decodes_raw_keys_and_values():
     """Recovery reads the changelog with its topic's codecs: they must be raw, like the writes."""
-    from stream_app.app import app, user_state
+    from stream_app.stream.app import app, user_state
 
     schema = user_state.changelog_topic.schema
     key = app.serializers.loads_key(str, "小明".encode(), serializer=schema.key_serializer)

@@ -11,7 +11,7 @@ i.e. the dynamic-attention softmax of the seed with the slot's interest as the q
 log w(type_j) and the age decay (which the state no longer holds per event). An item's slot is the slot with the
 highest cosine, as `interest.choose_slot` would join it.
 
-Score parts of a recommended item j (the blend in stream_app.collab): text affinity per slot w_k <e_j, u_k>
+Score parts of a recommended item j (the blend in stream_app.core.collab): text affinity per slot w_k <e_j, u_k>
 (the blend uses the max over slots), co-occurrence contributions per recent item h at recency rank r,
 recency^r * c(h, j) / (sqrt(n(h)) * n(j)^beta) (they sum to collab.cooc_scores' value), and popularity n(j).
 """
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from stream_app.collab import CollabParams, CollabState
+from stream_app.core.collab import CollabParams, CollabState
 
 
 def attention_weights(item_vectors: np.ndarray, slot_vectors: np.ndarray, temperature: float) -> np.ndarray:

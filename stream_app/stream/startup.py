@@ -89,7 +89,7 @@ def check_port(host: str, port: int) -> None:
 
 def load_model(settings: Any) -> Any:
     """The encoder, or StartupError naming the model setting and folder."""
-    from stream_app.encoder import load_encoder
+    from stream_app.adapters.encoder import load_encoder
 
     try:
         return load_encoder(settings)

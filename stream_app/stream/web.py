@@ -1,6 +1,6 @@
 """The worker's web view: status and health, a live dashboard, Prometheus metrics, and "why this item" per user.
 
-Pages (all served by Faust's web server, assets shipped in stream_app/static, nothing from a CDN):
+Pages (all served by Faust's web server, assets shipped in stream_app/stream/static, nothing from a CDN):
   /                  status: 200 when the worker serves, 503 with the problems otherwise; links to the pages
   /health            the same as JSON (agents crash-looping, store stuck, encoder not loaded -> 503)
   /dashboard[/]      live charts and tables (polls /api/dashboard every 2 s)
@@ -24,14 +24,14 @@ import numpy as np
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from stream_app import collab
-from stream_app.explain import attention_weights, because, cooc_contributions, score_parts
-from stream_app.interest import consumed_items, decode_state, interest_vectors
-from stream_app.metrics import MetricsCollector
-from stream_app.webauth import user_data_guard
+from stream_app.core import collab
+from stream_app.stream.explain import attention_weights, because, cooc_contributions, score_parts
+from stream_app.core.interest import consumed_items, decode_state, interest_vectors
+from stream_app.stream.metrics import MetricsCollector
+from stream_app.stream.webauth import user_data_guard
 
 if TYPE_CHECKING:
-    from stream_app.pipeline import Pipeline
+    from stream_app.stream.pipeline import Pipeline
     from stream_app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ def render_user_page(data: dict[str, Any]) -> str:
                          f"{e(item['item_id'])}</span></td><td class='num'>{item['score']:.4g}</td><td>{text}</td>"
                          f"<td>{cooc}</td><td class='num'>{p['popularity']:g}</td>"
                          f"<td>because {e(item['because'])}</td></tr>")
-        parts.append("</table><p class='note'>Score = the blend of stream_app.collab (text affinity = max over "
+        parts.append("</table><p class='note'>Score = the blend of stream_app.core.collab (text affinity = max over "
                      "slots of weight × cosine; co-occurrence summed over the recent items, ItemKNN-style; "
                      "popularity = decayed count), with the counters as they are now.</p></section>")
     parts.append(f"<p class='note'><a href='?format=json'>as JSON</a></p>")
@@ -392,7 +392,7 @@ def register_pages(app: faust.App, pipeline: Pipeline, user_state: faust.types.T
                 if state["admin"] is None:
                     from aiokafka.admin import AIOKafkaAdminClient
 
-                    from stream_app.kafka_security import client_kwargs
+                    from stream_app.adapters.kafka_security import client_kwargs
 
                     state["admin"] = AIOKafkaAdminClient(**client_kwargs(settings))
                     await state["admin"].start()

@@ -1,7 +1,7 @@
 """The work behind the agents, batch by batch: index items, turn events into vectors, update interests, recommend.
 
-Faust-free on purpose: the agents in stream_app.app hand each batch here, and everything that could block
-(the encoder, the vector store) runs off the event loop. The interest math itself is stream_app.interest.
+Faust-free on purpose: the agents in stream_app.stream.app hand each batch here, and everything that could block
+(the encoder, the vector store) runs off the event loop. The interest math itself is stream_app.core.interest.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from stream_app.encoder import TextEncoder, load_encoder
-from stream_app.events import BehaviourEvent, ItemEvent
-from stream_app import collab
-from stream_app.collab import CollabParams, CollabState
-from stream_app.metrics import Metrics
-from stream_app.interest import InterestParams, UserState, apply_event, consumed_items, interest_vectors
-from stream_app.ranking import merge_slot_hits
+from stream_app.adapters.encoder import TextEncoder, load_encoder
+from stream_app.core.events import BehaviourEvent, ItemEvent
+from stream_app.core import collab
+from stream_app.core.collab import CollabParams, CollabState
+from stream_app.stream.metrics import Metrics
+from stream_app.core.interest import InterestParams, UserState, apply_event, consumed_items, interest_vectors
+from stream_app.core.ranking import merge_slot_hits
 from stream_app.settings import Settings
 from stream_app.adapters.vectorstore import Hit, ItemRecord, ItemStore, open_item_store
 
@@ -116,7 +116,7 @@ class Pipeline:
         self.store = store
         self.item_vectors = LRUCache(settings.item_cache_size)
         self.cparams = CollabParams.from_settings(settings)
-        # Co-occurrence and popularity of the whole stream, fed (and replaced on start) by stream_app.replica.
+        # Co-occurrence and popularity of the whole stream, fed (and replaced on start) by stream_app.stream.replica.
         self.collab = CollabState()
         self.metrics = Metrics(top_k=settings.top_k)
         self.last_recommendations: OrderedDict[str, Recommendation] = OrderedDict()
@@ -270,7 +270,7 @@ class Pipeline:
     def update_state(self, state: UserState, events: Sequence[BehaviourEvent], vectors: Sequence[np.ndarray]) -> UserState:
         """Fold a user's events (in arrival order) into the interest state.
 
-        The collaborative counters are fed from the whole stream by stream_app.replica, not here (see the README).
+        The collaborative counters are fed from the whole stream by stream_app.stream.replica, not here (see the README).
         """
         for e, vec in zip(events, vectors):
             state = apply_event(state, vec, e.type, e.ts, e.item_id, self.params)

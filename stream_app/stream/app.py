@@ -1,7 +1,7 @@
 """The Faust app in one place: topics, the user-state table, the two agents and the web view pages.
 
-Agents stay thin: they parse, route bad input to a dead-letter topic, and hand batches to stream_app.pipeline.
-Run it with `stream-app worker` (or `faust -A stream_app.app worker`).
+Agents stay thin: they parse, route bad input to a dead-letter topic, and hand batches to stream_app.stream.pipeline.
+Run it with `stream-app worker` (or `faust -A stream_app.stream.app worker`).
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ from faust.agents import current_agent
 from faust.streams import _current_event
 from faust.types import EventT
 
-from stream_app.events import (DLQ_KEY_CHARS, FORGET, BehaviourEvent, EventError, ItemEvent, MessageMeta,
+from stream_app.core.events import (DLQ_KEY_CHARS, FORGET, BehaviourEvent, EventError, ItemEvent, MessageMeta,
                                dead_letter, parse_behaviour, parse_item)
-from stream_app.interest import UserState, decode_state, encode_state, event_digest, new_state, remember_events
-from stream_app.kafka_security import client_kwargs, faust_credentials
-from stream_app.logfilter import install_connection_error_filter
-from stream_app.pipeline import Pipeline, UnknownItem, item_fingerprint
-from stream_app.replica import Replicas, publish_items, register_replica_pages
-from stream_app.resilience import Failed, RateLimitedLog, RetryPolicy, process_resilient
+from stream_app.core.interest import UserState, decode_state, encode_state, event_digest, new_state, remember_events
+from stream_app.adapters.kafka_security import client_kwargs, faust_credentials
+from stream_app.stream.logfilter import install_connection_error_filter
+from stream_app.stream.pipeline import Pipeline, UnknownItem, item_fingerprint
+from stream_app.stream.replica import Replicas, publish_items, register_replica_pages
+from stream_app.stream.resilience import Failed, RateLimitedLog, RetryPolicy, process_resilient
 from stream_app.settings import get_settings
-from stream_app.web import register_pages
-from stream_app.webauth import warn_if_exposed
+from stream_app.stream.web import register_pages
+from stream_app.stream.webauth import warn_if_exposed
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -72,7 +72,7 @@ recommendations_topic = app.topic(settings.recommendations_topic, key_type=str, 
                                   value_serializer="json", partitions=settings.topic_partitions)
 behaviour_dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="json", partitions=1)
 items_dlq = app.topic(settings.items_dlq_topic, key_serializer="raw", value_serializer="json", partitions=1)
-# Encoded items for every worker's embedded store (compacted; written by index_items, read by stream_app.replica).
+# Encoded items for every worker's embedded store (compacted; written by index_items, read by stream_app.stream.replica).
 item_vectors_topic = app.topic(settings.item_vectors_topic_name(), key_type=bytes, value_type=bytes, value_serializer="raw",
                                partitions=settings.topic_partitions)
 
@@ -89,7 +89,7 @@ def raw_table(name: str, help: str) -> faust.Table:
 
 
 # Both co-partitioned with their source topic, so they scale out with its partitions.
-user_state = raw_table("user-state", "user_id -> packed interest state (stream_app.interest.encode_state)")
+user_state = raw_table("user-state", "user_id -> packed interest state (stream_app.core.interest.encode_state)")
 item_fingerprints = raw_table("item-fingerprints", "item_id -> fingerprint of what was indexed (skips unchanged re-sends)")
 
 pipeline = Pipeline(settings)
@@ -252,7 +252,7 @@ async def handle_items_batch(parsed: list[tuple[EventT, ItemEvent]]) -> list[tup
 
     async def index(rows: list[tuple[EventT, ItemEvent, bytes | None]]) -> list[None]:
         # Encoded once; written to the shared server store, or published to item-vectors for every worker's
-        # embedded store (stream_app.replica). Idempotent: safe to retry on any subset.
+        # embedded store (stream_app.stream.replica). Idempotent: safe to retry on any subset.
         await publish_items(pipeline, [(item, fp.decode() if fp else None) for _, item, fp in rows],
                             None if settings.qdrant_url else send_item_vector)
         return [None] * len(rows)
@@ -279,7 +279,7 @@ async def send_item_vector(key: bytes, value: bytes | None) -> Awaitable[Any]:
 
 @app.task
 async def run_replicas() -> None:
-    """This worker's whole-catalogue replica and whole-stream signal feed (stream_app.replica)."""
+    """This worker's whole-catalogue replica and whole-stream signal feed (stream_app.stream.replica)."""
     await replicas.run()
 
 
@@ -464,7 +464,7 @@ async def declare_topics() -> None:
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    from stream_app.startup import check_partitions
+    from stream_app.stream.startup import check_partitions
 
     wanted = {t.get_topic_name(): t.partitions or settings.topic_partitions
               for t in (items_topic, behaviour_topic, recommendations_topic, behaviour_dlq, items_dlq, item_vectors_topic)}

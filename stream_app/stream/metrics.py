@@ -390,5 +390,5 @@ class MetricsCollector(Collector):
 
 
 def short_name(name: str) -> str:
-    """An agent's name without its module path (stream_app.app.index_items -> index_items)."""
+    """An agent's name without its module path (stream_app.stream.app.index_items -> index_items)."""
     return str(name).rsplit(".", 1)[-1]

@@ -1,7 +1,7 @@
 """The collaborative signal as every worker keeps it: the collab counters plus, per user, the recent items that the
 co-occurrence counter pairs a new item with; folded from the whole behaviour stream and saved as JSON snapshots.
 
-Pure (no Kafka, no I/O besides the snapshot file). stream_app.replica feeds it from a consumer of every partition of
+Pure (no Kafka, no I/O besides the snapshot file). stream_app.stream.replica feeds it from a consumer of every partition of
 `behaviour`, so each worker's counters are built from all users' events, not only those of its own partitions.
 
 Counting rule (the same as the offline evaluator's Blend.observe): an event with an item id that is not a dislike adds
@@ -23,10 +23,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from stream_app import collab
-from stream_app.collab import CollabParams, CollabState
-from stream_app.events import FORGET, BehaviourEvent
-from stream_app.interest import event_digest
+from stream_app.core import collab
+from stream_app.core.collab import CollabParams, CollabState
+from stream_app.core.events import FORGET, BehaviourEvent
+from stream_app.core.interest import event_digest
 
 SNAPSHOT_VERSION = 1
 SEEN_EVENTS = 32  # event-id digests remembered per user for the signal's own dedupe (8 bytes each on disk)

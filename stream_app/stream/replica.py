@@ -11,7 +11,7 @@ assigned, positions kept in its data dir so a restart resumes where it stopped):
   applies that topic to its own store. Compaction keeps the latest record per item, so a new worker reads about
   one record per live item, not the catalogue's whole history, and never encodes.
 * Signal. SignalFeed reads every partition of `behaviour` and folds the events into the collaborative counters
-  (stream_app.signal_state) of this worker, so they are built from the whole stream; it snapshots counters,
+  (stream_app.core.signal_state) of this worker, so they are built from the whole stream; it snapshots counters,
   per-user windows and positions to the data dir every `signal_snapshot_interval_s`, and a restart replays only
   the tail after the snapshot.
 
@@ -35,13 +35,13 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from stream_app import signal_state
-from stream_app.events import ItemEvent, MessageMeta, parse_behaviour
-from stream_app.kafka_security import client_kwargs
+from stream_app.core import signal_state
+from stream_app.core.events import ItemEvent, MessageMeta, parse_behaviour
+from stream_app.adapters.kafka_security import client_kwargs
 from stream_app.adapters.vectorstore import ItemRecord
 
 if TYPE_CHECKING:
-    from stream_app.pipeline import Pipeline
+    from stream_app.stream.pipeline import Pipeline
     from stream_app.settings import Settings
 
 log = logging.getLogger(__name__)
