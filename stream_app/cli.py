@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO)
         return worker_command(argv[1:])
     if argv and argv[0] == "eval":
-        from stream_app.evaluate import main as eval_main
+        from stream_app.offline.cli import main as eval_main
 
         return eval_main(argv[1:])
     if argv and argv[0] == "bench":
