@@ -251,3 +251,13 @@ def top_popular(state: CollabState, n: int) -> list[str]:
     if n <= 0:
         return []
     return [k for k, _ in heapq.nsmallest(n, state.pop.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def support(state: CollabState, item_ids: Sequence[str], params: CollabParams) -> dict[str, float]:
+    """Each item's interaction count, decayed to the counters' latest time (co-occurrence half-life; 0 if unseen):
+    how much the counters know about it."""
+    if state.t_ref is None:
+        return {i: 0.0 for i in item_ids}
+    f = math.exp(-_rate(params.cooc_half_life_hours) * (state.last_ts - state.t_ref))
+    count = state.count
+    return {i: count.get(i, 0.0) * f for i in item_ids}

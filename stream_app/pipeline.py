@@ -265,7 +265,8 @@ class Pipeline:
         pools = {u: candidate_pool(text_hits[u], cooc[u], seq[u], popular, excluded[u], rp) for u in states}
         # Counter items come from the stream, not the store: only items with a stored vector are in the catalogue.
         vectors = await self.item_vectors_for(sorted({i for pool in pools.values() for i in pool}))
-        ranked = {u: rank(pools[u], vectors, *slots[u], cooc[u], seq[u], self.collab.pop, rp, k) for u in states}
+        known = collab.support(self.collab, sorted(vectors), self.cparams)
+        ranked = {u: rank(pools[u], vectors, *slots[u], cooc[u], seq[u], self.collab.pop, known, rp, k) for u in states}
         missing = sorted({r.item_id for lst in ranked.values() for r in lst} - payloads.keys())
         if missing:
             payloads.update(await self.store.get_payloads(missing))

@@ -11,11 +11,12 @@ Pool = the best `pool` non-excluded items of each signal (text, co-occurrence, s
 order, deduplicated. Every normaliser below is a max over the pool, which holds each signal's best non-excluded
 item, so a score never depends on which other candidates happened to be fetched. For pool item j:
 
-    score(j) = text_weight * exp((text(j) - max text) / text_temperature)
+    score(j) = (text_weight + cold_text_weight * exp(-n(j) / cold_support)) * exp((text(j) - max text) / text_temperature)
              + cooc_weight * cooc(j) / max cooc + seq_weight * seq(j) / max seq + pop_weight * pop(j) / max pop
 
 with text(j) = max_s w_s <e_j, v_s> recomputed from the item's stored vector (so the store's float rounding
-never reaches the score). Ties break by item id. `rank` returns each item's parts for "why this item".
+never reaches the score) and n(j) the item's (decayed) interaction count, collab.support: an item the counters
+know little about (a new item) leans on its text. Ties break by item id. `rank` returns each item's parts for "why this item".
 
 An item's score is the MAX over slots of slot_weight * similarity, not the weighted sum: an item is as good as
 its best match to one interest; a sum would reward items that happen to make several slots' truncated hit lists
@@ -53,6 +54,8 @@ class RankParams:
     seq_weight: float = field(default_factory=lambda: _default("blend_seq_weight"))
     pop_weight: float = field(default_factory=lambda: _default("blend_pop_weight"))
     text_temperature: float = field(default_factory=lambda: _default("blend_text_temperature"))
+    cold_text_weight: float = field(default_factory=lambda: _default("blend_cold_text_weight"))
+    cold_support: float = field(default_factory=lambda: _default("blend_cold_support"))
 
     FIELDS = {
         "pool": "rank_pool",
@@ -61,6 +64,8 @@ class RankParams:
         "seq_weight": "blend_seq_weight",
         "pop_weight": "blend_pop_weight",
         "text_temperature": "blend_text_temperature",
+        "cold_text_weight": "blend_cold_text_weight",
+        "cold_support": "blend_cold_support",
     }
 
     def __post_init__(self) -> None:
@@ -69,7 +74,9 @@ class RankParams:
             raise ValueError(f"pool must be >= 1, got {self.pool}")
         if not self.text_temperature > 0:
             raise ValueError(f"text_temperature must be > 0, got {self.text_temperature}")
-        if min(self.text_weight, self.cooc_weight, self.seq_weight, self.pop_weight) < 0:
+        if not self.cold_support > 0:
+            raise ValueError(f"cold_support must be > 0, got {self.cold_support}")
+        if min(self.text_weight, self.cooc_weight, self.seq_weight, self.pop_weight, self.cold_text_weight) < 0:
             raise ValueError("blend weights must be >= 0")
 
     @classmethod
@@ -198,6 +205,7 @@ def rank(
     cooc: Mapping[str, float],
     seq: Mapping[str, float],
     pop: Mapping[str, float],
+    support: Mapping[str, float],
     params: RankParams,
     k: int,
 ) -> list[Ranked]:
@@ -213,7 +221,11 @@ def rank(
     parts_cooc = params.cooc_weight * _scaled(np.fromiter((cooc.get(i, 0.0) for i in items), np.float64, len(items)))
     parts_seq = params.seq_weight * _scaled(np.fromiter((seq.get(i, 0.0) for i in items), np.float64, len(items)))
     parts_pop = params.pop_weight * _scaled(np.fromiter((pop.get(i, 0.0) for i in items), np.float64, len(items)))
-    parts_text = params.text_weight * np.exp((text - text.max()) / params.text_temperature)
+    text_weight = params.text_weight
+    if params.cold_text_weight:  # items the counters know little about lean on the text
+        n = np.fromiter((support.get(i, 0.0) for i in items), np.float64, len(items))
+        text_weight = text_weight + params.cold_text_weight * np.exp(-n / params.cold_support)
+    parts_text = text_weight * np.exp((text - text.max()) / params.text_temperature)
     score = parts_text + parts_cooc + parts_seq + parts_pop
     order = sorted(range(len(items)), key=lambda r: (-score[r], items[r]))[:k]
     return [Ranked(items[r], float(score[r]), float(parts_text[r]), int(slot[r]), float(parts_cooc[r]),

@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     blend_seq_weight: float = Field(1.0, ge=0, description="Weight of the directed sequence score.")
     blend_pop_weight: float = Field(0.0, ge=0, description="Weight of popularity.")
     blend_text_temperature: float = Field(0.05, gt=0, description="Temperature of the text affinity's exp().")
+    blend_cold_text_weight: float = Field(0.0, ge=0, description="Extra text weight of items with little support.")
+    blend_cold_support: float = Field(5.0, gt=0, description="Interactions at which the extra text weight falls to 1/e.")
     exclude_types: str = Field(
         "view,click,review,cart,purchase,dislike",
         description="Comma-separated event types whose item is never recommended again to that user; purchase and "

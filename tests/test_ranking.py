@@ -99,27 +99,30 @@ def test_pool_takes_each_signals_best_unexcluded_items() -> None:
 
 
 def test_rank_blend_hand_computed_with_parts() -> None:
-    p = RankParams(pool=10, text_weight=1.0, cooc_weight=1.0, seq_weight=2.0, pop_weight=0.5, text_temperature=0.1)
+    p = RankParams(pool=10, text_weight=1.0, cooc_weight=1.0, seq_weight=2.0, pop_weight=0.5, text_temperature=0.1,
+                   cold_text_weight=0.5, cold_support=2.0)
     e = np.eye(3, dtype=np.float32)
     vectors = {"a": e[0], "b": e[1], "c": (e[0] + e[1]) / np.sqrt(2)}
     slots, weights = np.stack([e[0], e[1]]), np.array([0.6, 0.4])
     cooc, seq, pop = {"b": 2.0, "c": 1.0}, {"a": 3.0}, {"a": 4.0, "c": 2.0}
-    out = rank(["a", "b", "c", "gone"], vectors, slots, weights, cooc, seq, pop, p, k=5)
+    support = {"a": 2.0, "b": 0.0}  # c: never seen
+    out = rank(["a", "b", "c", "gone"], vectors, slots, weights, cooc, seq, pop, support, p, k=5)
     text = {"a": 0.6, "b": 0.4, "c": 0.6 / np.sqrt(2)}
-    expect = {i: np.exp((text[i] - 0.6) / 0.1) + cooc.get(i, 0) / 2 + 2 * seq.get(i, 0) / 3 + 0.5 * pop.get(i, 0) / 4
+    tw = {i: 1.0 + 0.5 * np.exp(-support.get(i, 0.0) / 2.0) for i in text}
+    expect = {i: tw[i] * np.exp((text[i] - 0.6) / 0.1) + cooc.get(i, 0) / 2 + 2 * seq.get(i, 0) / 3 + 0.5 * pop.get(i, 0) / 4
               for i in text}
     assert [r.item_id for r in out] == sorted(expect, key=lambda i: -expect[i])  # "gone" has no vector: dropped
     for r in out:
         assert r.score == pytest.approx(expect[r.item_id])
         assert r.score == pytest.approx(r.text + r.cooc + r.seq + r.pop)
     assert {r.item_id: r.slot for r in out} == {"a": 0, "b": 1, "c": 0}
-    assert rank(["a"], vectors, slots, weights, {}, {}, {}, p, k=0) == []
+    assert rank(["a"], vectors, slots, weights, {}, {}, {}, {}, p, k=0) == []
 
 
 def test_rank_without_slots_uses_counters_and_breaks_ties_by_id() -> None:
     p = RankParams(pool=10, text_weight=0.1, cooc_weight=1.0, seq_weight=1.0, pop_weight=1.0)
     vectors = {i: np.ones(4, np.float32) / 2 for i in "abc"}
-    out = rank(["c", "b", "a"], vectors, np.zeros((0, 4)), np.zeros(0), {}, {}, {"a": 1.0, "b": 1.0, "c": 2.0}, p, 3)
+    out = rank(["c", "b", "a"], vectors, np.zeros((0, 4)), np.zeros(0), {}, {}, {"a": 1.0, "b": 1.0, "c": 2.0}, {}, p, 3)
     assert [r.item_id for r in out] == ["c", "a", "b"] and all(r.slot == -1 for r in out)
 
 

@@ -95,7 +95,8 @@ class Default(InterestReplay):
     def ranked(self, ctx: Replay, user: int, now: float, k: int) -> list[Ranked]:
         """The user's top k now, as Pipeline.recommend computes it."""
         pool, vecs, weights, cooc, seq = self.inputs(ctx, user, now)
-        return rank(pool, self.vectors, vecs, weights, cooc, seq, self.collab.pop, self.rparams, k)
+        known = collab.support(self.collab, pool, self.cparams)
+        return rank(pool, self.vectors, vecs, weights, cooc, seq, self.collab.pop, known, self.rparams, k)
 
     def inputs(self, ctx: Replay, user: int, now: float):
         """The ranking function's inputs for this user now: pool, slot vectors and weights, cooc and seq scores."""
