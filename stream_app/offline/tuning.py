@@ -268,11 +268,11 @@ TUNE_GRID: dict[str, list] = {
     "half_life": [(0.0, 0.0), (0.0, 168.0), (720.0, 0.0), (720.0, 168.0)],
     "seq": [(w, d, q, r) for w, d in ((3, 0.5), (5, 0.5), (5, 0.8), (10, 0.7)) for q, r in ((3, 0.5), (5, 0.7))],
     "blend": {
-        "text_weight": [0.005, 0.02, 0.05],
-        "seq_weight": [0.0, 0.5, 1.0, 2.0],
-        "pop_weight": [0.0, 0.05, 0.1],
-        "text_temperature": [0.02, 0.05, 0.1],
-        "cold_text_weight": [0.0, 0.1, 0.3, 1.0],
+        "text_weight": [0.01, 0.02, 0.05],
+        "seq_weight": [0.15, 0.3, 0.5, 1.0],
+        "pop_weight": [0.0, 0.1, 0.2, 0.3],
+        "text_temperature": [0.02, 0.05],
+        "cold_text_weight": [0.0, 0.5, 1.0],
     },
     "item-knn": [1, 2, 3, 5, 10, 20, 50],
 }
