@@ -6,21 +6,25 @@ Run it with `stream-app worker` (or `faust -A stream_app.app worker`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import faust
 from faust.streams import _current_event
 from faust.types import EventT
 
-from stream_app.events import BehaviourEvent, EventError, dead_letter, parse_behaviour, parse_item
-from stream_app.interest import UserState, decode_state, encode_state, new_state
+from stream_app.events import (DLQ_KEY_CHARS, FORGET, BehaviourEvent, EventError, ItemEvent, MessageMeta,
+                               dead_letter, parse_behaviour, parse_item)
+from stream_app.interest import UserState, decode_state, encode_state, event_digest, new_state, remember_events
 from stream_app.pipeline import Pipeline, UnknownItem, item_fingerprint
+from stream_app.resilience import Failed, RateLimitedLog, RetryPolicy, process_resilient
 from stream_app.settings import get_settings
 from stream_app.web import register_pages
 
@@ -55,6 +59,9 @@ def raw_table(name: str, help: str) -> faust.Table:
     # Faust derives the store's and the changelog's codecs from these attributes, read when the store opens.
     table.key_serializer = "raw"
     table.value_serializer = "raw"
+    # The changelog topic was made (with JSON keys) when the table was registered; a restore read the raw keys
+    # as JSON and never finished. Make it again with the raw codecs (Faust clones it only when the worker starts).
+    table.changelog_topic = table._new_changelog_topic()
     return table
 
 
@@ -75,42 +82,109 @@ def event_context(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
+policy = RetryPolicy(retries=settings.batch_retries, backoff_s=settings.retry_backoff_s,
+                     backoff_max_s=settings.retry_backoff_max_s)
+_send_log = RateLimitedLog(log)
+
+
+def meta_of(event: EventT) -> MessageMeta:
+    """The key and broker timestamp of an event's message, for the checks parse_* make beyond the value."""
+    return MessageMeta(key=event.message.key, timestamp=event.message.timestamp)
+
+
+async def send_reliably(topic: faust.TopicT, key: Any, value: Any, what: str,
+                        fallback: Callable[[], Any] | None = None) -> None:
+    """Send and wait until the broker has it, retrying with backoff for as long as it takes (never raises).
+
+    After three failed attempts the value is replaced by fallback() when given (a DLQ record without the copied
+    value, the smallest record there is). An outage blocks the agent here, so no offset moves past the message.
+    """
+    attempt = 0
+    while True:
+        try:
+            await (await topic.send(key=key, value=value))
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - retried; the agent must not die on a send
+            attempt += 1
+            if attempt == 3 and fallback is not None:
+                value = fallback()
+            _send_log.warning("sending %s failed (%s: %s); retrying (attempt %d)", what, type(exc).__name__, exc,
+                              attempt)
+            await asyncio.sleep(policy.delay(attempt))
+
+
 async def send_dead_letter(topic: faust.TopicT, event: EventT, reason: str) -> None:
-    """Forward a bad message to a DLQ with its reason and source position; the worker carries on."""
+    """Forward a bad message to a DLQ with its reason and source position; the worker carries on.
+
+    Logged without key or value (they may hold a user's id or text): topic, partition, offset and reason only.
+    """
     msg = event.message
-    raw = msg.value if isinstance(msg.value, (bytes, type(None))) else str(msg.value).encode()
-    await topic.send(key=msg.key, value=dead_letter(raw, msg.key, reason, msg.topic, msg.partition, msg.offset))
+    raw = msg.value if isinstance(msg.value, (bytes, type(None))) else str(msg.value).encode("utf-8", "replace")
+    key = msg.key[:DLQ_KEY_CHARS] if isinstance(msg.key, bytes) else None
+    record = dead_letter(raw, msg.key, reason, msg.topic, msg.partition, msg.offset)
+    await send_reliably(topic, key, record, "a dead letter",
+                        fallback=lambda: dead_letter(raw, msg.key, reason, msg.topic, msg.partition, msg.offset,
+                                                     copy_value=False))
     pipeline.metrics.dead_letters += 1
-    log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
+    log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason[:200])
 
 
-async def run_batches(stream: faust.StreamT, handle: Callable[[list[EventT]], Awaitable[None]],
+def hold(events: Sequence[EventT]) -> None:
+    """Keep these events from being acked: take_events acks a batch when its generator closes, even when the
+    agent was cancelled in the middle of it; one extra reference keeps their offsets uncommitted (redelivered)."""
+    for event in events:
+        event.message.incref()
+
+
+Parsed = TypeVar("Parsed")
+
+
+async def run_batches(stream: faust.StreamT, parse: Callable[[EventT], Parsed],
+                      process: Callable[[list[tuple[EventT, Parsed]]], Awaitable[list[tuple[EventT, str]]]],
                       dlq: faust.TopicT) -> None:
-    """Feed the stream to handle() in batches; a batch that fails unexpectedly is dead-lettered, the agent goes on."""
+    """Feed the stream to process() in batches; every event is served or dead-lettered before its offset is acked.
+
+    Each message is judged alone by parse() (EventError -> DLQ with its own reason). process() returns the events
+    it gave up on, with their reasons; if it raises (a bug), the batch is bisected so only the events that fail on
+    their own are dead-lettered. Nothing but cancellation leaves this loop.
+    """
     async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
         try:
-            await handle(events)
-        except Exception as exc:  # noqa: BLE001 - an unexpected failure must not stop the agent
-            log.exception("batch of %d from %s failed; dead-lettering it", len(events), events[0].message.topic)
+            good: list[tuple[EventT, Parsed]] = []
             for event in events:
-                await send_dead_letter(dlq, event, f"processing failed: {type(exc).__name__}: {exc}")
+                try:
+                    good.append((event, parse(event)))
+                except EventError as exc:
+                    await send_dead_letter(dlq, event, str(exc))
+            outcome = await process_resilient(lambda sub: _as_results(process, sub), good, policy,
+                                              f"batch from {events[0].message.topic}")
+            for result in outcome:
+                rejected = [(result.item[0], result.reason)] if isinstance(result, Failed) else result
+                for event, reason in rejected:
+                    await send_dead_letter(dlq, event, reason)
+        except BaseException:  # cancelled (worker stopping) mid-batch: leave the batch to be redelivered
+            hold(events)
+            raise
+
+
+async def _as_results(process: Callable[[list[Any]], Awaitable[list[tuple[EventT, str]]]],
+                      batch: list[Any]) -> list[list[tuple[EventT, str]]]:
+    """process() as one result per item (for process_resilient): the rejections, given once, then nothing."""
+    rejected = await process(batch)
+    return [rejected] + [[] for _ in batch[1:]]
 
 
 @app.agent(items_topic)
 async def index_items(stream: faust.StreamT) -> None:
     """Catalogue events: encode new or changed items in batches, upsert them, delete deleted ones."""
     await pipeline.start()
-    await run_batches(stream, handle_items_batch, items_dlq)
+    await run_batches(stream, lambda e: parse_item(e.message.value, meta_of(e)), handle_items_batch, items_dlq)
 
 
-async def handle_items_batch(events: list[EventT]) -> None:
-    """Parse, skip unchanged items, index the rest in one encoder batch and one store call."""
-    parsed = []
-    for event in events:
-        try:
-            parsed.append((event, parse_item(event.message.value)))
-        except EventError as exc:
-            await send_dead_letter(items_dlq, event, str(exc))
+async def handle_items_batch(parsed: list[tuple[EventT, ItemEvent]]) -> list[tuple[EventT, str]]:
+    """Skip unchanged items, index the rest (encoder + store, retried and bisected), then record fingerprints."""
     changed = []  # (event, item, fingerprint or None for a deletion)
     for event, item in parsed:
         if item.deleted:
@@ -124,83 +198,192 @@ async def handle_items_batch(events: list[EventT]) -> None:
         else:
             changed.append((event, item, fp))
     if not changed:
-        return
-    await pipeline.index_items([item for _, item, _ in changed])
+        return []
+
+    async def index(rows: list[tuple[EventT, ItemEvent, bytes | None]]) -> list[None]:
+        await pipeline.index_items([item for _, item, _ in rows])  # idempotent: safe to retry on any subset
+        return [None] * len(rows)
+
+    outcome = await process_resilient(index, changed, policy, "indexing items")
+    rejected = []
     # Only after the store took them, so a crash in between re-indexes on replay instead of skipping.
-    for event, item, fp in changed:
+    for (event, item, fp), result in zip(changed, outcome):
+        if isinstance(result, Failed):
+            rejected.append((event, result.reason))
+            continue
         with event_context(event):
             if fp is None:
                 item_fingerprints.pop(item.item_id, None)
             else:
                 item_fingerprints[item.item_id] = fp
+    return rejected
 
 
 @app.agent(behaviour_topic)
 async def process_behaviour(stream: faust.StreamT) -> None:
     """Behaviour events: update each user's interest and push one recommendation per user per batch."""
     await pipeline.start()
-    await run_batches(stream, handle_behaviour_batch, behaviour_dlq)
+    await run_batches(stream, lambda e: parse_behaviour(e.message.value, meta_of(e)), handle_behaviour_batch,
+                      behaviour_dlq)
 
 
-def load_state(user_id: str, raw: bytes | None) -> UserState:
-    """The user's stored state, or a fresh one (also when the stored bytes are unreadable, which is logged)."""
+def load_state(raw: bytes | None) -> UserState | None:
+    """The user's stored state; None when there is none (or it is unreadable, which is logged without the id)."""
     if raw:
         try:
             return decode_state(raw)
         except ValueError as exc:
-            log.error("user %r: unreadable state (%s); starting afresh", user_id, exc)
-    return new_state(pipeline.dim)
+            log.error("unreadable user state (%s); starting afresh", exc)
+    return None
 
 
-async def handle_behaviour_batch(events: list[EventT]) -> None:
-    """Parse, vectorise (batched), update states in the table, recommend (batched), send."""
+@dataclass
+class UserBatch:
+    """One user's events of a batch, in arrival order, and what becomes of them."""
+
+    rows: list[tuple[EventT, BehaviourEvent]]
+    stored: UserState | None  # the state as the table had it
+    apply: list[tuple[EventT, BehaviourEvent]] = field(default_factory=list)  # new events after the last forget
+    forgotten: bool = False  # a forget event came in this batch: the stored state goes
+    duplicates: list[tuple[EventT, BehaviourEvent]] = field(default_factory=list)  # already applied before
+    state: UserState | None = None  # the new state (None: none, or deleted)
+
+    def served(self) -> list[tuple[EventT, BehaviourEvent]]:
+        """The events the user's list answers (applied or redelivered), in arrival order."""
+        keep = {id(e) for e, _ in self.apply} | {id(e) for e, _ in self.duplicates}
+        return [(e, b) for e, b in self.rows if id(e) in keep]
+
+
+def plan_user(rows: list[tuple[EventT, BehaviourEvent]], stored: UserState | None) -> UserBatch:
+    """Sort a user's events into new ones, redeliveries (already in the state's seen ids) and forgets."""
+    plan = UserBatch(rows, stored)
+    seen = set(stored.seen_events) if stored is not None else set()
+    for event, behaviour in rows:
+        digest = event_digest(behaviour.event_id)
+        if behaviour.type == FORGET:
+            plan.forgotten, plan.apply, seen = True, [], set()
+        elif digest in seen:
+            plan.duplicates.append((event, behaviour))
+        else:
+            seen.add(digest)
+            plan.apply.append((event, behaviour))
+    return plan
+
+
+async def handle_behaviour_batch(parsed: list[tuple[EventT, BehaviourEvent]]) -> list[tuple[EventT, str]]:
+    """Vectorise (batched), fold into new states, recommend (batched); only then write the table and send.
+
+    A redelivered event (its id is in the user's state) is not applied again, but the user gets a list. A step
+    that fails is retried, then bisected: an event whose vector cannot be made is dead-lettered, not applied,
+    and not remembered (a redelivery tries again). Returns the (event, reason) pairs to dead-letter.
+    """
     pipeline.metrics.batches += 1
-    parsed: list[tuple[EventT, BehaviourEvent]] = []
-    for event in events:
-        try:
-            parsed.append((event, parse_behaviour(event.message.value)))
-        except EventError as exc:
-            await send_dead_letter(behaviour_dlq, event, str(exc))
-    if not parsed:
-        return
-    vectors = await pipeline.event_vectors([b for _, b in parsed])
-    by_user: dict[str, list[tuple[EventT, BehaviourEvent, Any]]] = defaultdict(list)
-    for (event, behaviour), vec in zip(parsed, vectors):
-        if isinstance(vec, UnknownItem):
-            await send_dead_letter(behaviour_dlq, event, str(vec))
-            continue
-        by_user[behaviour.user_id].append((event, behaviour, vec))
-
-    states = {}
-    for user_id, rows in by_user.items():
-        last_event = rows[-1][0]
-        with event_context(last_event):
+    rejected: list[tuple[EventT, str]] = []
+    rows_by_user: dict[str, list[tuple[EventT, BehaviourEvent]]] = defaultdict(list)
+    for event, behaviour in parsed:
+        rows_by_user[behaviour.user_id].append((event, behaviour))
+    plans: dict[str, UserBatch] = {}
+    for user_id, rows in rows_by_user.items():
+        with event_context(rows[-1][0]):
             raw = user_state.get(user_id)
-        state = load_state(user_id, raw)
-        state = pipeline.update_state(state, [b for _, b, _ in rows], [v for _, _, v in rows])
-        with event_context(last_event):
-            user_state[user_id] = encode_state(state)
-        states[user_id] = state
-    if not states:  # every event was dead-lettered above
-        return
+        plans[user_id] = plan_user(rows, load_state(raw))
 
-    recommendations = await pipeline.recommend(states, now=max(s.last_ts for s in states.values()))
+    to_apply = [row for plan in plans.values() for row in plan.apply]
+
+    async def vectorise(rows: list[tuple[EventT, BehaviourEvent]]) -> list[Any]:
+        return await pipeline.event_vectors([b for _, b in rows])
+
+    vectors: dict[int, Any] = {}
+    for (event, _), vec in zip(to_apply, await process_resilient(vectorise, to_apply, policy, "event vectors")):
+        if isinstance(vec, (UnknownItem, Failed)):
+            rejected.append((event, vec.reason if isinstance(vec, Failed) else str(vec)))
+        else:
+            vectors[id(event)] = vec
+
+    for user_id, plan in plans.items():
+        good = [(e, b) for e, b in plan.apply if id(e) in vectors]
+        plan.state = None if plan.forgotten else plan.stored
+        if good:
+            try:
+                state = plan.state if plan.state is not None else new_state(pipeline.dim)
+                state = pipeline.update_state(state, [b for _, b in good], [vectors[id(e)] for e, _ in good])
+                plan.state = remember_events(state, [b.event_id for _, b in good], settings.dedupe_window)
+            except ValueError as exc:  # e.g. a non-finite vector: this user's new events are given up, not applied
+                rejected += [(e, f"processing failed: {exc}") for e, _ in good]
+                good = []
+        plan.apply = good
+
+    # Recommend for every user with a state and a served event (applied, or redelivered: the list is re-sent).
+    served = {u: p for u, p in plans.items() if p.state is not None and (p.apply or p.duplicates)}
+    recs: dict[str, Any] = {}
+    if served:
+        now = max(p.state.last_ts for p in served.values())  # type: ignore[union-attr]
+
+        async def recommend(users: list[str]) -> list[Any]:
+            out = await pipeline.recommend({u: served[u].state for u in users}, now=now)
+            return [out[u] for u in users]
+
+        users = list(served)
+        for user_id, rec in zip(users, await process_resilient(recommend, users, policy, "recommending")):
+            if isinstance(rec, Failed):
+                reason = f"applied to the user's state, but no recommendation was sent: {rec.reason}"
+                rejected += [(e, reason) for e, _ in served[user_id].served()]
+            else:
+                recs[user_id] = rec
+
+    # Commit: table writes (changelog) and sends, only now that every step succeeded.
+    for user_id, plan in plans.items():
+        pipeline.metrics.duplicates += len(plan.duplicates)
+        last_event = plan.rows[-1][0]
+        with event_context(last_event):
+            if plan.state is None and plan.forgotten:
+                user_state.pop(user_id, None)  # a tombstone in the changelog: a restore does not bring it back
+            elif plan.apply:
+                user_state[user_id] = encode_state(plan.state)  # type: ignore[arg-type]
+        if plan.forgotten:
+            pipeline.forget_user(user_id)
+            pipeline.metrics.forgotten += 1
+            log.info("forgot a user (%d event(s) after the forget kept)", len(plan.apply))
+            log.debug("forgot user %r", user_id)
+    await send_recommendations(recs, plans)
+    return rejected
+
+
+async def send_recommendations(recs: dict[str, Any], plans: dict[str, UserBatch]) -> None:
+    """Send one list per user and wait until the broker has them all (failed sends are retried)."""
     sent_at = time.time()
-    for user_id, rec in recommendations.items():
-        last_event, last_behaviour, _ = by_user[user_id][-1]
+    pending = []
+    for user_id, rec in recs.items():
+        rows = plans[user_id].served()
+        last_event, last_behaviour = rows[-1]
         latency_ms = (sent_at - last_event.message.timestamp) * 1000.0
         pipeline.metrics.latencies_ms.append(latency_ms)
         pipeline.metrics.recommendations += 1
-        await recommendations_topic.send(key=user_id, value={
+        value = {
             "user_id": user_id,
             "event_id": last_behaviour.event_id,
-            "event_ids": [b.event_id for _, b, _ in by_user[user_id]],
+            "event_ids": [b.event_id for _, b in rows],
             "items": rec.items,
             "strategy": rec.strategy,
             "slot_weights": rec.slot_weights,
             "generated_at": sent_at,
             "latency_ms": round(latency_ms, 3),
-        })
+        }
+        try:
+            pending.append((user_id, value, await recommendations_topic.send(key=user_id, value=value)))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - retried below
+            pending.append((user_id, value, None))
+    for user_id, value, fut in pending:
+        try:
+            if fut is None:
+                raise RuntimeError("not sent")
+            await fut
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the list is sent again until the broker has it
+            await send_reliably(recommendations_topic, user_id, value, "a recommendation")
 
 
 register_pages(app, pipeline, user_state, settings)

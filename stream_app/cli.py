@@ -57,6 +57,34 @@ def encode_command(texts: list[str], model: str | None, fp32: bool) -> int:
     return 0
 
 
+def forget_command(user_id: str) -> int:
+    """Produce a `forget` event for user_id on the behaviour topic: the worker deletes the user's state and traces."""
+    import asyncio
+    import json
+    import time
+    import uuid
+
+    from aiokafka import AIOKafkaProducer
+
+    from stream_app.settings import get_settings
+
+    s = get_settings()
+    event = {"event_id": f"forget-{uuid.uuid4().hex}", "user_id": user_id, "type": "forget", "ts": time.time()}
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(s.behaviour_topic, json.dumps(event, ensure_ascii=False).encode(),
+                                         key=user_id.encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+    print(f"forget event {event['event_id']} sent to {s.behaviour_topic}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stream-app", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -77,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export-model", help="export a model folder (ONNX fp32 + int8, tokenizer, manifest)")
     x.add_argument("--model", help="model name (default: settings.model_name)")
+
+    f = sub.add_parser("forget", help="forget a user: delete their state and every trace the worker keeps")
+    f.add_argument("user_id")
 
     sub.add_parser("eval", help="offline replay evaluation (see stream-app eval --help)", add_help=False)
     sub.add_parser("bench", help="benchmarks that print numbers (see stream-app bench --help)", add_help=False)
@@ -116,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("models").setLevel(logging.INFO)
         print(ensure_model(settings))
         return 0
+    if args.command == "forget":
+        return forget_command(args.user_id)
     if args.command == "demo":
         from stream_app.demo import run_demo
 

@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-BEHAVIOUR_TYPES = frozenset({"view", "click", "cart", "purchase", "review", "search", "dislike"})
-MAX_ID_LENGTH = 256
-MAX_TEXT_LENGTH = 20_000
+BEHAVIOUR_TYPES = frozenset({"view", "click", "cart", "purchase", "review", "search", "dislike", "forget"})
+FORGET = "forget"  # deletes the user's state and every per-user trace the worker keeps (see README, Privacy)
+
+# Input bounds, in one place (README "Reliability" states them). A message over a bound is dead-lettered.
+MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: a value longer than this is rejected before it is decoded
+MAX_TEXT_BYTES = 16 << 10  # 16 KiB of UTF-8 per text field (title, text)
+MAX_ID_LENGTH = 256  # characters of an id, type or category
+MAX_TAGS = 64
+MAX_FUTURE_SKEW_S = 86_400.0  # ts may be at most a day ahead of the message's broker timestamp (past ts: any)
+# Dead-letter records: what is copied of the original message, so that a record always fits the broker.
+DLQ_VALUE_BYTES = 32 << 10
+DLQ_KEY_CHARS = 1024
+DLQ_REASON_CHARS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class MessageMeta:
+    """Where a message came from, for the checks that need more than its value: key and broker timestamp."""
+
+    key: bytes | None
+    timestamp: float | None  # broker (or producer) timestamp, epoch seconds
 
 
 class EventError(ValueError):
@@ -50,16 +69,48 @@ class BehaviourEvent:
     ts: float
 
 
-def _decode(raw: bytes | str | dict) -> dict[str, Any]:
+def _reject_constant(name: str) -> Any:
+    raise EventError(f"not valid JSON: {name} is not a number")
+
+
+def _decode(raw: bytes | str | dict | None) -> dict[str, Any]:
+    """The message as a JSON object; EventError for an empty, over-size, non-UTF-8, non-JSON or too-deep value.
+
+    json's C decoder guards its own recursion, so a 100k-deep array raises RecursionError (caught here) rather
+    than crashing; a 5,000-digit number raises ValueError (the int digits limit). Both become EventError.
+    """
     if isinstance(raw, dict):
         return raw
+    if raw is None or len(raw) == 0:
+        raise EventError("empty value (a tombstone or an empty message)")
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise EventError(f"message of {len(raw)} bytes is over the {MAX_MESSAGE_BYTES}-byte limit")
     try:
-        value = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventError(f"not valid UTF-8: {exc}") from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise EventError("not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or the int digits limit
         raise EventError(f"not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise EventError(f"expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def _checked_text(v: str, name: str, limit_bytes: int) -> str:
+    """v itself when it is valid Unicode (no lone surrogates) of at most limit_bytes UTF-8 bytes."""
+    try:
+        size = len(v.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise EventError(f"field {name!r} is not valid Unicode (a lone surrogate)") from None
+    if size > limit_bytes:
+        raise EventError(f"field {name!r} is longer than {limit_bytes} bytes")
+    return v
 
 
 def _str_field(value: dict[str, Any], name: str, *, required: bool, limit: int = MAX_ID_LENGTH) -> str | None:
@@ -73,50 +124,97 @@ def _str_field(value: dict[str, Any], name: str, *, required: bool, limit: int =
     v = str(v)
     if len(v) > limit:
         raise EventError(f"field {name!r} is longer than {limit} characters")
-    return v
+    return _checked_text(v, name, 4 * limit)
+
+
+def _text_field(value: dict[str, Any], name: str, *, required: bool) -> str | None:
+    """A free-text field: at most MAX_TEXT_BYTES of UTF-8."""
+    v = _str_field(value, name, required=required, limit=MAX_MESSAGE_BYTES)
+    return None if v is None else _checked_text(v, name, MAX_TEXT_BYTES)
+
+
+def _show(v: Any) -> str:
+    """A value for a reason: repr, cut to 40 characters."""
+    r = repr(v) if not isinstance(v, int) or v.bit_length() < 128 else "a huge integer"
+    return r if len(r) <= 40 else r[:37] + "..."
 
 
 def parse_timestamp(v: Any) -> float:
     """Epoch seconds (int/float/numeric string) or ISO-8601 (naive means UTC) to epoch seconds."""
     if isinstance(v, bool):
         raise EventError("field 'ts' must be epoch seconds or ISO-8601, got a boolean")
-    if isinstance(v, (int, float)):
-        ts = float(v)
-    elif isinstance(v, str):
-        try:
+    if isinstance(v, str) and len(v) > 64:
+        raise EventError("field 'ts' is longer than 64 characters")
+    try:
+        if isinstance(v, (int, float)):
             ts = float(v)
-        except ValueError:
+        elif isinstance(v, str):
             try:
-                dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+                ts = float(v)
             except ValueError:
-                raise EventError(f"field 'ts' is neither epoch seconds nor ISO-8601: {v!r}") from None
-            if dt.tzinfo is None:
-                dt = dt.replace(tzinfo=timezone.utc)
-            ts = dt.timestamp()
-    else:
-        raise EventError(f"field 'ts' must be epoch seconds or ISO-8601, got {type(v).__name__}")
+                try:
+                    dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+                except ValueError:
+                    raise EventError(f"field 'ts' is neither epoch seconds nor ISO-8601: {_show(v)}") from None
+                if dt.tzinfo is None:
+                    dt = dt.replace(tzinfo=timezone.utc)
+                ts = dt.timestamp()
+        else:
+            raise EventError(f"field 'ts' must be epoch seconds or ISO-8601, got {type(v).__name__}")
+    except OverflowError:
+        raise EventError("field 'ts' is out of range") from None
     if not math.isfinite(ts) or ts < 0:
-        raise EventError(f"field 'ts' is not a valid time: {v!r}")
+        raise EventError(f"field 'ts' is not a valid time: {_show(v)}")
     if ts > 1e11:  # epoch milliseconds slipped in: say so rather than guess
-        raise EventError(f"field 'ts' looks like milliseconds ({v!r}); send epoch seconds")
+        raise EventError(f"field 'ts' looks like milliseconds ({_show(v)}); send epoch seconds")
     return ts
 
 
-def parse_behaviour(raw: bytes | str | dict) -> BehaviourEvent:
-    """Validate one behaviour message; raises EventError with the reason when it breaks the contract."""
+def _check_meta(meta: MessageMeta | None, id_field: str, id_value: str, ts: float | None = None) -> None:
+    """The key must be the id (it decides the partition, hence where the state lives); ts at most a day ahead."""
+    if meta is None:
+        return
+    try:
+        key = meta.key.decode("utf-8") if meta.key is not None else None
+    except UnicodeDecodeError:
+        key = None
+    if key != id_value:
+        raise EventError(f"message key is not the {id_field} (the key decides the partition): "
+                         f"send it keyed by its {id_field}")
+    if ts is not None and meta.timestamp is not None and ts > meta.timestamp + MAX_FUTURE_SKEW_S:
+        raise EventError(f"field 'ts' is {ts - meta.timestamp:.0f} s ahead of the message's broker timestamp "
+                         f"(at most {MAX_FUTURE_SKEW_S:.0f} s allowed)")
+
+
+def parse_behaviour(raw: bytes | str | dict | None, meta: MessageMeta | None = None) -> BehaviourEvent:
+    """Validate one behaviour message; raises EventError with the reason when it breaks the contract.
+
+    With `meta` (the agents pass it) the key must equal user_id and ts may be at most MAX_FUTURE_SKEW_S ahead of
+    the broker timestamp. Any other exception while judging the message also becomes an EventError: one bad
+    message never fails anything but itself.
+    """
+    try:
+        return _parse_behaviour(raw, meta)
+    except EventError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a message provokes, it is that message's fault
+        raise EventError(f"unreadable message: {type(exc).__name__}: {exc}"[:DLQ_REASON_CHARS]) from None
+
+
+def _parse_behaviour(raw: bytes | str | dict | None, meta: MessageMeta | None) -> BehaviourEvent:
     value = _decode(raw)
     etype = _str_field(value, "type", required=True)
     if etype not in BEHAVIOUR_TYPES:
         raise EventError(f"unknown event type {etype!r}; expected one of {sorted(BEHAVIOUR_TYPES)}")
     item_id = _str_field(value, "item_id", required=False)
-    text = _str_field(value, "text", required=False, limit=MAX_TEXT_LENGTH)
+    text = _text_field(value, "text", required=False)
     if etype == "search" and not text:
         raise EventError("a search event needs a non-empty 'text'")
-    if etype != "search" and item_id is None and not text:
+    if etype not in ("search", FORGET) and item_id is None and not text:
         raise EventError(f"a {etype} event needs an 'item_id' (or a 'text')")
     if "ts" not in value:
         raise EventError("missing required field 'ts'")
-    return BehaviourEvent(
+    event = BehaviourEvent(
         event_id=_str_field(value, "event_id", required=True),  # type: ignore[arg-type]
         user_id=_str_field(value, "user_id", required=True),  # type: ignore[arg-type]
         type=etype,
@@ -124,42 +222,71 @@ def parse_behaviour(raw: bytes | str | dict) -> BehaviourEvent:
         text=text,
         ts=parse_timestamp(value["ts"]),
     )
+    _check_meta(meta, "user_id", event.user_id, event.ts)
+    return event
 
 
-def parse_item(raw: bytes | str | dict) -> ItemEvent:
-    """Validate one catalogue message; raises EventError with the reason when it breaks the contract."""
+def parse_item(raw: bytes | str | dict | None, meta: MessageMeta | None = None) -> ItemEvent:
+    """Validate one catalogue message; raises EventError with the reason when it breaks the contract.
+
+    With `meta` the key must equal item_id. Any exception while judging the message becomes an EventError.
+    """
+    try:
+        return _parse_item(raw, meta)
+    except EventError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a message provokes, it is that message's fault
+        raise EventError(f"unreadable message: {type(exc).__name__}: {exc}"[:DLQ_REASON_CHARS]) from None
+
+
+def _parse_item(raw: bytes | str | dict | None, meta: MessageMeta | None) -> ItemEvent:
     value = _decode(raw)
     item_id = _str_field(value, "item_id", required=True)
     deleted = value.get("deleted", False)
     if not isinstance(deleted, bool):
         raise EventError("field 'deleted' must be true or false")
-    title = _str_field(value, "title", required=not deleted, limit=MAX_TEXT_LENGTH) or ""
+    title = _text_field(value, "title", required=not deleted) or ""
     tags = value.get("tags") or []
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise EventError("field 'tags' must be a list of strings")
-    return ItemEvent(
+    if len(tags) > MAX_TAGS:
+        raise EventError(f"field 'tags' has more than {MAX_TAGS} entries")
+    item = ItemEvent(
         item_id=item_id,  # type: ignore[arg-type]
         title=title,
-        text=_str_field(value, "text", required=False, limit=MAX_TEXT_LENGTH) or "",
+        text=_text_field(value, "text", required=False) or "",
         category=_str_field(value, "category", required=False) or "",
-        tags=tuple(tags),
+        tags=tuple(_checked_text(t, "tags", 4 * MAX_ID_LENGTH) for t in tags),
         deleted=deleted,
     )
+    _check_meta(meta, "item_id", item.item_id)
+    return item
 
 
-def dead_letter(raw: bytes | None, key: bytes | None, reason: str, topic: str, partition: int, offset: int) -> dict[str, Any]:
-    """The DLQ record: the original bytes (base64, plus text when it decodes), the reason and the source position."""
+def dead_letter(raw: bytes | None, key: bytes | None, reason: str, topic: str, partition: int, offset: int,
+                *, copy_value: bool = True) -> dict[str, Any]:
+    """The DLQ record: reason, source position, and the original value's sha256, length and first bytes.
+
+    Only the first DLQ_VALUE_BYTES are copied (base64, plus text when that prefix decodes), the key and the reason
+    are capped too, so that a record always fits the broker whatever the message was; `value_truncated` says so.
+    copy_value=False leaves the value out altogether (the last resort when a record could not be sent).
+    """
+    head = raw[:DLQ_VALUE_BYTES] if raw is not None and copy_value else None
     text: str | None
     try:
-        text = raw.decode("utf-8") if raw is not None else None
+        text = head.decode("utf-8") if head is not None else None
     except UnicodeDecodeError:
         text = None
+    key_text = key.decode("utf-8", "replace") if key is not None else None
     return {
-        "reason": reason,
+        "reason": reason[:DLQ_REASON_CHARS],
         "topic": topic,
         "partition": partition,
         "offset": offset,
-        "key": key.decode("utf-8", "replace") if key is not None else None,
-        "value_b64": base64.b64encode(raw).decode("ascii") if raw is not None else None,
+        "key": key_text[:DLQ_KEY_CHARS] if key_text is not None else None,
+        "value_sha256": hashlib.sha256(raw).hexdigest() if raw is not None else None,
+        "value_length": len(raw) if raw is not None else None,
+        "value_truncated": raw is not None and (head is None or len(head) < len(raw)),
+        "value_b64": base64.b64encode(head).decode("ascii") if head is not None else None,
         "value_text": text,
     }

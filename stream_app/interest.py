@@ -36,7 +36,7 @@ import hashlib
 import math
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -127,6 +127,8 @@ class UserState:
     neg_mass: np.ndarray  # (k,) float64: N / exp(log_offset), dislike attention mass
     vectors: np.ndarray  # (k, dim) float32: D / exp(log_offset), signed attention-weighted sum of embeddings
     recent: tuple[str, ...] = ()
+    # Effectively-once: 64-bit digests of the user's last event ids (oldest first), see remember_events.
+    seen_events: tuple[int, ...] = ()
     excluded: frozenset[int] = frozenset()  # item_key() of every item of an exclude_types event (see below)
 
     @property
@@ -257,6 +259,7 @@ def apply_event(
         neg_mass=neg,
         vectors=vectors,
         recent=_push_recent(state.recent, item_id, params.recent_items),
+        seen_events=state.seen_events,
         excluded=state.excluded | {item_key(item_id)}
         if item_id is not None and event_type in params.exclude_types else state.excluded,
     )
@@ -402,14 +405,41 @@ def batch_interest(
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Effectively-once: the state remembers the digests of its last event ids, so a redelivered event (after a crash,
+# a rebalance or a producer retry) is recognised and not applied twice. Digests are 64-bit blake2b: 8 bytes per
+# id whatever its length; two distinct ids of one user collide with probability ~n^2 / 2^65.
+
+
+def event_digest(event_id: str) -> int:
+    """The 64-bit digest an event id is remembered by."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def has_seen(state: UserState, event_id: str) -> bool:
+    """Whether the event was already applied to this state (within its remembered window)."""
+    return event_digest(event_id) in state.seen_events
+
+
+def remember_events(state: UserState, event_ids: Sequence[str], cap: int) -> UserState:
+    """The state with event_ids added to the remembered ones, keeping the newest `cap` (0 remembers none)."""
+    seen = state.seen_events + tuple(event_digest(e) for e in event_ids)
+    return replace(state, seen_events=seen[max(0, len(seen) - cap):] if cap > 0 else ())
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Compact binary storage.
 
 _MAGIC = b"SAUI"
-_VERSION = 2  # 2 added the exclusion section; version 1 states decode with an empty exclusion set
+_VERSION = 1
 # magic, version, reserved, n_slots, dim, n_recent, n_events, last_ts
 _HEADER = struct.Struct("<4sBBHIIQd")
 _LEN = struct.Struct("<H")
 _MAX_DIM = 1 << 16
+# Optional sections after the recent ids, each: 4-byte tag, u32 count, payload. A state without them decodes
+# with the defaults, so states written before a section existed stay readable.
+_SECTION = struct.Struct("<4sI")
+_SEEN_TAG = b"EVID"  # seen_events: count x u64 digests
+_EXCL_TAG = b"EXCL"  # excluded: count x u64 item keys, sorted (see the exclusion set above)
 
 
 def encode_state(state: UserState) -> bytes:
@@ -428,32 +458,13 @@ def encode_state(state: UserState) -> bytes:
         raw = item_id.encode("utf-8")
         parts.append(_LEN.pack(len(raw)))
         parts.append(raw)
-    parts.append(_encode_exclusions(state.excluded))
+    if state.seen_events:  # --- section: seen event digests ---
+        parts.append(_SECTION.pack(_SEEN_TAG, len(state.seen_events)))
+        parts.append(np.asarray(state.seen_events, "<u8").tobytes())
+    if state.excluded:  # --- section: exclusion set ---
+        parts.append(_SECTION.pack(_EXCL_TAG, len(state.excluded)))
+        parts.append(np.array(sorted(state.excluded), dtype="<u8").tobytes())
     return b"".join(parts)
-
-
-# ---- exclusion section (version >= 2): uint32 count, then count sorted little-endian uint64 item keys -------------
-_COUNT = struct.Struct("<I")
-
-
-def _encode_exclusions(keys: frozenset[int]) -> bytes:
-    """The exclusion section of an encoded state."""
-    return _COUNT.pack(len(keys)) + np.array(sorted(keys), dtype="<u8").tobytes()
-
-
-def _decode_exclusions(buf: memoryview, pos: int) -> tuple[frozenset[int], int]:
-    """The exclusion set and the position after it; ValueError if truncated."""
-    if pos + _COUNT.size > len(buf):
-        raise ValueError("not an encoded user state: truncated exclusions")
-    (n,) = _COUNT.unpack_from(buf, pos)
-    pos += _COUNT.size
-    if pos + 8 * n > len(buf):
-        raise ValueError("not an encoded user state: truncated exclusions")
-    keys = frozenset(np.frombuffer(buf, "<u8", n, pos).tolist())
-    if len(keys) != n:
-        raise ValueError("not an encoded user state: repeated exclusion keys")
-    return keys, pos + 8 * n
-# ---- end of the exclusion section ---------------------------------------------------------------------------
 
 
 def decode_state(data: bytes) -> UserState:
@@ -469,7 +480,7 @@ def _decode(buf: memoryview) -> UserState:
     if len(buf) < _HEADER.size:
         raise ValueError("not an encoded user state: too short")
     magic, version, reserved, k, dim, n_recent, n_events, last_ts = _HEADER.unpack_from(buf, 0)
-    if magic != _MAGIC or version not in (1, _VERSION) or reserved != 0:
+    if magic != _MAGIC or version != _VERSION or reserved != 0:
         raise ValueError("not an encoded user state: bad magic/version")
     if not (1 <= dim <= _MAX_DIM) or not math.isfinite(last_ts) or (n_events == 0 and k > 0):
         raise ValueError("not an encoded user state: bad header values")
@@ -499,9 +510,20 @@ def _decode(buf: memoryview) -> UserState:
             raise ValueError("not an encoded user state: bad item id")
         recent.append(raw[pos : pos + n].decode("utf-8"))
         pos += n
-    excluded: frozenset[int] = frozenset()
-    if version >= 2:
-        excluded, pos = _decode_exclusions(buf, pos)
-    if pos != end:
-        raise ValueError("not an encoded user state: trailing bytes")
-    return UserState(dim, last_ts, n_events, log_offset, pos_mass, neg_mass, vectors, tuple(recent), excluded)
+    seen: tuple[int, ...] = ()
+    excluded: frozenset[int] | None = None
+    while pos != end:  # optional sections
+        tag, count = _SECTION.unpack_from(buf, pos)
+        pos += _SECTION.size
+        if tag == _SEEN_TAG and not seen and pos + 8 * count <= end:  # --- section: seen event digests ---
+            seen = tuple(int(x) for x in np.frombuffer(buf, "<u8", count, pos))
+            pos += 8 * count
+        elif tag == _EXCL_TAG and excluded is None and pos + 8 * count <= end:  # --- section: exclusion set ---
+            excluded = frozenset(np.frombuffer(buf, "<u8", count, pos).tolist())
+            if len(excluded) != count:
+                raise ValueError("not an encoded user state: repeated exclusion keys")
+            pos += 8 * count
+        else:
+            raise ValueError("not an encoded user state: bad trailing section")
+    return UserState(dim, last_ts, n_events, log_offset, pos_mass, neg_mass, vectors, tuple(recent), seen,
+                     excluded or frozenset())

@@ -72,6 +72,8 @@ class Metrics:
     batches: int = 0
     recommendations: int = 0
     dead_letters: int = 0
+    duplicates: int = 0  # redelivered events recognised by their event_id and not applied again
+    forgotten: int = 0  # users deleted by a `forget` event
     items_indexed: int = 0
     items_deleted: int = 0
     items_unchanged: int = 0
@@ -225,12 +227,19 @@ class Pipeline:
 
     def update_state(self, state: UserState, events: Sequence[BehaviourEvent], vectors: Sequence[np.ndarray]) -> UserState:
         """Fold a user's events (in arrival order) into the interest state and the collaborative counters."""
+        observed = []  # the counters change only once every event folded in (apply_event may raise)
         for e, vec in zip(events, vectors):
             if e.item_id and e.type != "dislike":
-                collab.observe(self.collab, e.item_id, consumed_items(state), e.ts, self.cparams)
+                observed.append((e.item_id, consumed_items(state), e.ts))
             state = apply_event(state, vec, e.type, e.ts, e.item_id, self.params)
+        for item_id, previous, ts in observed:
+            collab.observe(self.collab, item_id, previous, ts, self.cparams)
         self.metrics.events += len(events)
         return state
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop every per-user trace this worker keeps outside the state table (the last list sent)."""
+        self.last_recommendations.pop(user_id, None)
 
     async def recommend(self, states: dict[str, UserState], now: float) -> dict[str, Recommendation]:
         """Top-k per user by the one ranking function (stream_app.ranking.candidate_pool + rank), the same calls

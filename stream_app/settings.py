@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     batch_size: int = Field(64, ge=1, description="Events taken per batch by the agents (stream.take).")
     batch_timeout_s: float = Field(0.02, gt=0, description="Longest wait to fill a batch before processing it.")
 
+    # --- Reliability (README "Reliability"; input bounds are constants in stream_app/events.py) -------------
+    dedupe_window: int = Field(256, ge=0, description="Event ids remembered per user (8 bytes each), so a redelivered event is not applied twice.")
+    batch_retries: int = Field(3, ge=0, description="Retries of a failing batch step (encoder, store) before it is split to find the culprit.")
+    retry_backoff_s: float = Field(0.1, gt=0, description="First wait between retries; doubles each time.")
+    retry_backoff_max_s: float = Field(10.0, gt=0, description="Longest wait between retries (an outage is retried for as long as it lasts).")
+
     # --- Local state ---------------------------------------------------------------------------
     data_dir: Path = Path("./data")
 
