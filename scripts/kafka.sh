@@ -3,7 +3,9 @@
 # development, the demo and the tests. No Docker: jars come from Maven Central via kafka/pom.xml.
 #   scripts/kafka.sh fetch|start|stop|status|logs
 # Environment: STREAM_APP_KAFKA_BOOTSTRAP (default 127.0.0.1:9092; the controller uses port+1),
-#              STREAM_APP_KAFKA_DIR (data + logs, default <repo>/kafka/run), KAFKA_HEAP (default 512m).
+#              STREAM_APP_KAFKA_DIR (data + logs, default <repo>/kafka/run), KAFKA_HEAP (default 512m),
+#              KAFKA_SASL_PORT + KAFKA_SASL_USERS="user:password ..." (optional: a SASL_PLAINTEXT/PLAIN listener too,
+#              for testing the clients' SASL settings; the PLAINTEXT listener stays).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,15 +37,29 @@ fetch() {
 
 write_config() {
   mkdir -p "$run/data" "$run/logs"
+  local listeners="PLAINTEXT://$host:$port,CONTROLLER://$host:$cport" advertised="PLAINTEXT://$host:$port"
+  local protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT" sasl=""
+  if [[ -n "${KAFKA_SASL_PORT:-}" ]]; then
+    listeners+=",SASL_PLAINTEXT://$host:$KAFKA_SASL_PORT"
+    advertised+=",SASL_PLAINTEXT://$host:$KAFKA_SASL_PORT"
+    protocols+=",SASL_PLAINTEXT:SASL_PLAINTEXT"
+    local users="" pair
+    for pair in ${KAFKA_SASL_USERS:?KAFKA_SASL_PORT needs KAFKA_SASL_USERS=\"user:password ...\"}; do
+      users+=" user_${pair%%:*}=\"${pair#*:}\""
+    done
+    sasl="sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required$users;"
+  fi
   cat >"$run/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$host:$cport
-listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$cport
-advertised.listeners=PLAINTEXT://$host:$port
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
+$sasl
 log.dirs=$run/data
 num.partitions=4
 auto.create.topics.enable=true

@@ -23,23 +23,40 @@ from faust.types import EventT
 from stream_app.events import (DLQ_KEY_CHARS, FORGET, BehaviourEvent, EventError, ItemEvent, MessageMeta,
                                dead_letter, parse_behaviour, parse_item)
 from stream_app.interest import UserState, decode_state, encode_state, event_digest, new_state, remember_events
+from stream_app.kafka_security import client_kwargs, faust_credentials
+from stream_app.logfilter import install_connection_error_filter
 from stream_app.pipeline import Pipeline, UnknownItem, item_fingerprint
 from stream_app.resilience import Failed, RateLimitedLog, RetryPolicy, process_resilient
 from stream_app.settings import get_settings
 from stream_app.web import register_pages
+from stream_app.webauth import warn_if_exposed
 
 log = logging.getLogger(__name__)
 settings = get_settings()
+install_connection_error_filter(settings.log_repeat_interval_s)
+# Faust creates <data_dir>/faust but not its parents; a fresh deployment's data dir may not exist yet.
+settings.data_dir.mkdir(parents=True, exist_ok=True)
+warn_if_exposed(settings)
 
 app = faust.App(
     settings.app_id,
     broker=f"kafka://{settings.kafka_bootstrap}",
+    broker_credentials=faust_credentials(settings),
     store=settings.table_store,
     datadir=str(settings.data_dir / "faust"),
     topic_partitions=settings.topic_partitions,
     consumer_auto_offset_reset="earliest",
+    # Static membership: a restarted worker with the same id takes its partitions back without waiting for the
+    # dead one's session to expire (a SIGKILLed worker used to wait ~60 s).
+    consumer_group_instance_id=settings.group_instance_id(),
+    broker_session_timeout=settings.kafka_session_timeout_s,
+    broker_heartbeat_interval=settings.kafka_session_timeout_s / 4,
     web_port=settings.web_port,
     web_host=settings.web_host,
+    web_bind=settings.web_bind,
+    # Faust's own /table/ (raw table rows) and /router/ (cluster layout) views; table_route does not need them.
+    web_tables_enabled=settings.web_debug_views,
+    web_router_enabled=settings.web_debug_views,
     producer_linger_ms=1,
 )
 
@@ -82,6 +99,18 @@ def event_context(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
+class _WithholdFailedSendContents(logging.Filter):
+    """Faust logs a failed send with the whole message (key and value: a user's id and text) at WARNING; keep the
+    line, drop the contents. The send itself is retried by send_reliably, which logs topic-level facts only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("_on_published error"):
+            record.msg, record.args = "a send to Kafka failed (message contents withheld from the log)", ()
+        return True
+
+
+logging.getLogger("faust.topics").addFilter(_WithholdFailedSendContents())
+
 policy = RetryPolicy(retries=settings.batch_retries, backoff_s=settings.retry_backoff_s,
                      backoff_max_s=settings.retry_backoff_max_s)
 _send_log = RateLimitedLog(log)
@@ -90,6 +119,17 @@ _send_log = RateLimitedLog(log)
 def meta_of(event: EventT) -> MessageMeta:
     """The key and broker timestamp of an event's message, for the checks parse_* make beyond the value."""
     return MessageMeta(key=event.message.key, timestamp=event.message.timestamp)
+
+
+async def publish(topic: faust.TopicT, key: Any, value: Any) -> Awaitable[Any]:
+    """Hand a message to the producer; the returned future resolves when the broker has it (or fails).
+
+    Topic.send would return the producer's own future and leave Faust's FutureMessage, which receives the same
+    error, unawaited (asyncio then logs "exception was never retrieved"); awaiting the FutureMessage consumes it.
+    """
+    fut = topic.as_future_message(key=key, value=value)
+    await topic.publish_message(fut)
+    return fut
 
 
 async def send_reliably(topic: faust.TopicT, key: Any, value: Any, what: str,
@@ -102,7 +142,7 @@ async def send_reliably(topic: faust.TopicT, key: Any, value: Any, what: str,
     attempt = 0
     while True:
         try:
-            await (await topic.send(key=key, value=value))
+            await (await publish(topic, key, value))
             return
         except asyncio.CancelledError:
             raise
@@ -110,7 +150,7 @@ async def send_reliably(topic: faust.TopicT, key: Any, value: Any, what: str,
             attempt += 1
             if attempt == 3 and fallback is not None:
                 value = fallback()
-            _send_log.warning("sending %s failed (%s: %s); retrying (attempt %d)", what, type(exc).__name__, exc,
+            _send_log.warning("sending %s failed (%s: %.200s); retrying (attempt %d)", what, type(exc).__name__, exc,
                               attempt)
             await asyncio.sleep(policy.delay(attempt))
 
@@ -370,7 +410,7 @@ async def send_recommendations(recs: dict[str, Any], plans: dict[str, UserBatch]
             "latency_ms": round(latency_ms, 3),
         }
         try:
-            pending.append((user_id, value, await recommendations_topic.send(key=user_id, value=value)))
+            pending.append((user_id, value, await publish(recommendations_topic, user_id, value)))
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - retried below
@@ -398,7 +438,7 @@ async def declare_topics() -> None:
 
     wanted = {t.get_topic_name(): t.partitions or settings.topic_partitions
               for t in (items_topic, behaviour_topic, recommendations_topic, behaviour_dlq, items_dlq)}
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -266,9 +266,23 @@ def _lazy(target: str) -> Callable[[list[str]], int]:
     return run
 
 
+def pipeline_main(argv: list[str]) -> int:
+    """benchmarks/pipeline.py (outside the package: it needs a source checkout, like scripts/)."""
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "benchmarks" / "pipeline.py").exists():
+        print(f"stream-app bench pipeline needs a source checkout ({repo / 'benchmarks'} is missing)", file=sys.stderr)
+        return 2
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    from benchmarks.pipeline import main as run_pipeline
+
+    return run_pipeline(argv)
+
+
 BENCHES: dict[str, Callable[[list[str]], int]] = {
     "encoder": encoder_main,
     "vectorstore": _lazy("stream_app.bench_vectorstore:main"),
+    "pipeline": pipeline_main,
 }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_app.vectorstore import EmbeddedItemStore, ItemRecord
+from stream_app.adapters.vectorstore import EmbeddedItemStore, ItemRecord
 
 LOAD_CHUNK = 5000
 
@@ -67,7 +67,19 @@ async def latency_suite(store: EmbeddedItemStore, catalogue: np.ndarray, queries
 
     singles8 = await timed(eight_singles, batch_runs)
     round_trip = await timed(lambda: store.get_vectors(["i0"]), n)
+    ids64 = [f"i{j}" for j in rng.choice(len(catalogue), 64, replace=False)]
+    records64 = await timed(lambda: store.get_records(ids64), max(n // 4, 5))
+    # What one behaviour batch asks: 64 users x 3 slots, each row with its user's 100 consumed items excluded.
+    rows = np.concatenate([queries] * (192 // n + 1))[:192]
+    consumed = [[f"i{j}" for j in rng.choice(len(catalogue), 100, replace=False)] for _ in range(64)]
+    row_ex = [consumed[r // 3] for r in range(192)]
+    batch192 = await timed(lambda: store.search(rows, 20, row_excludes=row_ex, payload_fields=["title"]),
+                           max(n // 20, 3))
+    post120 = await timed(lambda: store.search(rows, 120, payload_fields=["title"]), max(n // 20, 3))
     print(f"  [{label}] get_vectors(1)      {fmt(round_trip)}")
+    print(f"  [{label}] get_records(64)     {fmt(records64)}")
+    print(f"  [{label}] 192 rows, own excl  {fmt(batch192)}  (64 users x 3 slots, 100 excluded each, limit 20)")
+    print(f"  [{label}] 192 rows, limit 120 {fmt(post120)}  (the same, post-filtered: no filters, over-fetched)")
     print(f"  [{label}] 1 query             {fmt(single)}")
     print(f"  [{label}] 1 query, 50 excl    {fmt(excl)}")
     print(f"  [{label}] batch of 8, 50 excl {fmt(batch)}")

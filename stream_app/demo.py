@@ -17,6 +17,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream_app.cli import kafka_command
+from stream_app.kafka_security import client_kwargs
 from stream_app.sample_data import load_catalogue, load_demo_behaviour
 from stream_app.settings import Settings, get_settings
 
@@ -62,8 +63,8 @@ async def play(settings: Settings, proc: subprocess.Popen) -> list[float]:
     """Load the catalogue, play the scripted users, print each recommendation; returns the latencies."""
     catalogue = load_catalogue()
     by_id = {item["item_id"]: item for item in catalogue}
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=5)
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
     await producer.start()
     await consumer.start()
     try:

@@ -25,7 +25,7 @@ from stream_app.collab import CollabParams, CollabState
 from stream_app.interest import InterestParams, UserState, apply_event, consumed_items, exclusions, interest_vectors
 from stream_app.ranking import RankParams, candidate_pool, merge_slot_hits, rank
 from stream_app.settings import Settings
-from stream_app.vectorstore import ItemRecord, ItemStore, open_item_store
+from stream_app.adapters.vectorstore import ItemRecord, ItemStore, open_item_store
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +41,18 @@ def item_fingerprint(item: ItemEvent) -> str:
 
 @dataclass
 class LRUCache:
-    """A bounded map of item_id -> vector (the hot part of the catalogue, saving store round trips)."""
+    """A bounded map of item_id -> ItemRecord (the hot part of the catalogue, saving store round trips)."""
 
     capacity: int
-    data: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
+    data: OrderedDict[str, ItemRecord] = field(default_factory=OrderedDict)
 
-    def get(self, key: str) -> np.ndarray | None:
+    def get(self, key: str) -> ItemRecord | None:
         value = self.data.get(key)
         if value is not None:
             self.data.move_to_end(key)
         return value
 
-    def put(self, key: str, value: np.ndarray) -> None:
+    def put(self, key: str, value: ItemRecord) -> None:
         if self.capacity <= 0:
             return
         self.data[key] = value
@@ -77,23 +77,35 @@ class Metrics:
     items_indexed: int = 0
     items_deleted: int = 0
     items_unchanged: int = 0
+    encoded_texts: int = 0
+    encoder_calls: int = 0
+    encoder_s: float = 0.0
+    encoder_batch_max: int = 0
+    store_searches: int = 0
+    store_record_calls: int = 0
+    cache_hits: int = 0
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+    search_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
     started_at: float = field(default_factory=time.time)
 
-    def percentile(self, q: float) -> float | None:
-        """The q-th percentile (0..100) of recent event -> recommendation latencies, in ms."""
-        if not self.latencies_ms:
+    def percentile(self, q: float, window: deque[float] | None = None) -> float | None:
+        """The q-th percentile (0..100) of recent event -> recommendation latencies (or of `window`), in ms."""
+        window = self.latencies_ms if window is None else window
+        if not window:
             return None
-        return float(np.percentile(np.fromiter(self.latencies_ms, float), q))
+        return float(np.percentile(np.fromiter(window, float), q))
 
     def snapshot(self) -> dict[str, Any]:
-        """Every counter plus latency percentiles, as the /stats/ page shows them."""
-        counters = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("latencies_ms", "started_at")}
+        """Every counter plus latency and search-time percentiles, as the /stats/ page shows them."""
+        counters = {f.name: getattr(self, f.name) for f in fields(self)
+                    if f.name != "started_at" and not isinstance(getattr(self, f.name), deque)}
         return {
             **counters,
             "latency_ms_p50": self.percentile(50),
             "latency_ms_p95": self.percentile(95),
             "latency_ms_p99": self.percentile(99),
+            "search_ms_p50": self.percentile(50, self.search_ms),
+            "search_ms_p99": self.percentile(99, self.search_ms),
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 
@@ -130,7 +142,8 @@ class Pipeline:
 
     @property
     def dim(self) -> int:
-        assert self.encoder is not None, "Pipeline.start() first"
+        if self.encoder is None:
+            raise RuntimeError("Pipeline.start() first")
         return self.encoder.dim
 
     async def start(self) -> None:
@@ -148,6 +161,14 @@ class Pipeline:
             log.info("pipeline ready: model=%s dim=%d provider=%s", self.encoder.manifest.name, self.encoder.dim,
                      self.encoder.provider)
 
+    def store_health(self) -> dict[str, Any]:
+        """The item store's health for the web view: healthy, its last error, and (embedded) child restarts."""
+        store = self.store
+        if store is None:
+            return {"healthy": False, "last_error": "not started", "restarts": 0}
+        return {"healthy": bool(store.healthy), "last_error": store.last_error,
+                "restarts": getattr(store, "restarts", 0)}
+
     async def close(self) -> None:
         if self.store is not None:
             await self.store.close()
@@ -155,16 +176,35 @@ class Pipeline:
 
     async def encode(self, texts: Sequence[str], kind: str = "passage") -> np.ndarray:
         """Encode a batch of texts in the encoder thread (never on the event loop)."""
-        assert self.encoder is not None
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._encoder_pool, lambda: self.encoder.encode(list(texts), kind=kind))
+        return (await self.encode_groups([(texts, kind)]))[0]
+
+    async def encode_groups(self, groups: Sequence[tuple[Sequence[str], str]]) -> list[np.ndarray]:
+        """Encode several (texts, kind) groups in one hop to the encoder thread (queries and passages of a batch)."""
+        if self.encoder is None:
+            raise RuntimeError("Pipeline.start() first")
+        encoder = self.encoder
+
+        def run() -> list[np.ndarray]:
+            return [encoder.encode(list(texts), kind=kind) if len(texts) else np.zeros((0, encoder.dim), np.float32)
+                    for texts, kind in groups]
+
+        n = sum(len(texts) for texts, _ in groups)
+        if n == 0:
+            return run()
+        t0 = time.perf_counter()
+        out = await asyncio.get_running_loop().run_in_executor(self._encoder_pool, run)
+        m = self.metrics
+        m.encoder_s += time.perf_counter() - t0
+        m.encoded_texts += n
+        m.encoder_calls += 1
+        m.encoder_batch_max = max(m.encoder_batch_max, n)
+        return out
 
     # ---- items --------------------------------------------------------------------------------------------
     async def index_items(self, items: Sequence[ItemEvent]) -> None:
         """Upsert new or changed items (one encoder batch, one store call) and delete the deleted ones."""
-        assert self.store is not None
+        if self.store is None:
+            raise RuntimeError("Pipeline.start() first")
         latest: dict[str, ItemEvent] = {}
         for item in items:  # the last message for an id wins within a batch
             latest[item.item_id] = item
@@ -179,37 +219,45 @@ class Pipeline:
             vectors = await self.encode([item.document() for item in upserts], kind="passage")
             records = [ItemRecord(item.item_id, vec, item.payload()) for item, vec in zip(upserts, vectors)]
             await self.store.upsert(records)
-            for item, vec in zip(upserts, vectors):
-                self.item_vectors.put(item.item_id, vec)
+            for record in records:
+                self.item_vectors.put(record.item_id, record)
             self.metrics.items_indexed += len(upserts)
 
     # ---- behaviour ----------------------------------------------------------------------------------------
-    async def item_vectors_for(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
-        """Stored vectors of the ids that exist: from the LRU cache, the rest in one store call (then cached)."""
-        assert self.store is not None
-        found: dict[str, np.ndarray] = {}
+    async def records_for(self, item_ids: Sequence[str]) -> dict[str, ItemRecord]:
+        """Stored records (vector + payload) of the ids that exist: LRU cache first, the rest in one get_records."""
+        if self.store is None:
+            raise RuntimeError("Pipeline.start() first")
+        found: dict[str, ItemRecord] = {}
+        cache = self.item_vectors
         for item_id in item_ids:
-            vec = self.item_vectors.get(item_id)
-            if vec is not None:
-                found[item_id] = vec
+            record = cache.get(item_id)
+            if record is not None:
+                found[item_id] = record
+        self.metrics.cache_hits += len(found)
         missing = sorted(set(item_ids) - found.keys())
         if missing:
-            for item_id, vec in (await self.store.get_vectors(missing)).items():
-                found[item_id] = np.asarray(vec, np.float32)
-                self.item_vectors.put(item_id, found[item_id])
+            self.metrics.store_record_calls += 1
+            for item_id, record in (await self.store.get_records(missing)).items():
+                found[item_id] = record
+                cache.put(item_id, record)
         return found
+
+    async def item_vectors_for(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored vectors of the ids that exist (see records_for)."""
+        return {i: r.vector for i, r in (await self.records_for(item_ids)).items()}
 
     async def event_vectors(self, events: Sequence[BehaviourEvent]) -> list[np.ndarray | UnknownItem]:
         """One vector per event: the item's stored vector, the encoded free text, or their mean for a review."""
-        item_vecs = await self.item_vectors_for([e.item_id for e in events if e.item_id])
-        text_events = [e for e in events if e.text]
-        queries = [e for e in text_events if e.type == "search"]
-        passages = [e for e in text_events if e.type != "search"]
-        text_vecs: dict[int, np.ndarray] = {}
-        for group, kind in ((queries, "query"), (passages, "passage")):
-            if group:
-                for e, vec in zip(group, await self.encode([e.text for e in group], kind=kind)):  # type: ignore[misc]
-                    text_vecs[id(e)] = vec
+        queries = [e for e in events if e.text and e.type == "search"]
+        passages = [e for e in events if e.text and e.type != "search"]
+        # The store lookup (store thread) and the encoder (encoder thread) run at the same time.
+        item_vecs, (query_vecs, passage_vecs) = await asyncio.gather(
+            self.item_vectors_for([e.item_id for e in events if e.item_id]),
+            self.encode_groups([([e.text for e in queries], "query"), ([e.text for e in passages], "passage")]),
+        )
+        text_vecs: dict[int, np.ndarray] = {id(e): v for e, v in zip(queries, query_vecs)}
+        text_vecs.update({id(e): v for e, v in zip(passages, passage_vecs)})
         out: list[np.ndarray | UnknownItem] = []
         for e in events:
             item_vec = item_vecs.get(e.item_id) if e.item_id else None
@@ -257,7 +305,12 @@ class Pipeline:
         limit = rp.pool + max((len(excluded[u]) for u in states), default=0)
         hits_by_row = []
         if owners:
-            hits_by_row = await self.store.search(np.concatenate([slots[u][0] for u in owners]).astype(np.float32), limit)
+            t0 = time.perf_counter()
+            # Hits carry the title only (what the list shows); the rest of the payload stays in the store.
+            hits_by_row = await self.store.search(np.concatenate([slots[u][0] for u in owners]).astype(np.float32),
+                                                  limit, payload_fields=["title"])
+            self.metrics.search_ms.append((time.perf_counter() - t0) * 1e3)
+            self.metrics.store_searches += 1
         text_hits: dict[str, dict[str, float]] = {u: {} for u in states}
         payloads: dict[str, dict] = {}
         row = 0
@@ -272,13 +325,14 @@ class Pipeline:
         cooc = {u: collab.cooc_scores(self.collab, recent[u], self.cparams) for u in states}
         seq = {u: collab.seq_scores(self.collab, recent[u], self.cparams) for u in states}
         pools = {u: candidate_pool(text_hits[u], cooc[u], seq[u], popular, excluded[u], rp) for u in states}
-        # Counter items come from the stream, not the store: only items with a stored vector are in the catalogue.
-        vectors = await self.item_vectors_for(sorted({i for pool in pools.values() for i in pool}))
+        # Counter items come from the stream, not the store: only items with a stored record are in the catalogue.
+        # One round trip (cache first) brings the vectors every pool item's text affinity needs and the payloads.
+        records = await self.records_for(sorted({i for pool in pools.values() for i in pool}))
+        for i, record in records.items():
+            payloads.setdefault(i, record.payload)
+        vectors = {i: record.vector for i, record in records.items()}
         known = collab.support(self.collab, sorted(vectors), self.cparams)
         ranked = {u: rank(pools[u], vectors, *slots[u], cooc[u], seq[u], self.collab.pop, known, rp, k) for u in states}
-        missing = sorted({r.item_id for lst in ranked.values() for r in lst} - payloads.keys())
-        if missing:
-            payloads.update(await self.store.get_payloads(missing))
         out: dict[str, Recommendation] = {}
         for u in states:
             weights = slots[u][1]

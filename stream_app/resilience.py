@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 
 def transient_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean 'the infrastructure is not there right now', not 'this input is bad'."""
-    from stream_app.vectorstore import WorkerDied
+    from stream_app.adapters.vectorstore import StoreError  # a dead or stuck store child, an unreachable server
 
-    return (TimeoutError, ConnectionError, OSError, WorkerDied)
+    return (TimeoutError, ConnectionError, OSError, StoreError)
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ async def retry_transient(call: Callable[[], Awaitable[R]], policy: RetryPolicy,
             return await call()
         except transient as exc:
             attempt += 1
-            _outage_log.warning("%s: %s: %s; retrying (attempt %d)", what, type(exc).__name__, exc, attempt)
+            _outage_log.warning("%s: %s: %.200s; retrying (attempt %d)", what, type(exc).__name__, exc, attempt)
             await asyncio.sleep(policy.delay(attempt))
 
 
@@ -112,12 +112,12 @@ async def _bisect(fn: Callable[[list[T]], Awaitable[Sequence[R]]], items: list[T
         except Exception as exc:  # noqa: BLE001 - judged below: retried, split, or returned as Failed
             if attempt < retries:
                 attempt += 1
-                log.warning("%s failed on %d item(s) (%s: %s); retry %d of %d", what, len(items),
+                log.warning("%s failed on %d item(s) (%s: %.200s); retry %d of %d", what, len(items),
                             type(exc).__name__, exc, attempt, retries)
                 await asyncio.sleep(policy.delay(attempt))
                 continue
             if len(items) == 1:
-                log.warning("%s failed on one item after %d retries: %s: %s", what, retries, type(exc).__name__, exc)
+                log.warning("%s failed on one item after %d retries: %s: %.200s", what, retries, type(exc).__name__, exc)
                 return [Failed(items[0], exc)]
             mid = len(items) // 2
             return (await _bisect(fn, items[:mid], policy, what, policy.split_retries)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,9 +31,29 @@ class Settings(BaseSettings):
     items_dlq_topic: str = "items-dlq"
     topic_partitions: int = Field(4, ge=1, description="Partitions of the input topics and tables: the unit of scale-out.")
     table_store: str = Field("rocksdb://", description="Faust table store: rocksdb:// (durable) or memory:// (tests).")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How every Kafka client of the service talks to the broker.")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle that signed the broker's certificate (default: system CAs).")
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    kafka_ssl_keyfile: Path | None = Field(None, description="Client private key (PEM) for mutual TLS.")
+    kafka_ssl_key_password: SecretStr = SecretStr("")
+    worker_id: str = Field("", description="Stable name of this worker (static group membership: a restarted worker "
+                                           "takes its partitions back at once); empty = <hostname>-<web_port>.")
+    kafka_session_timeout_s: float = Field(10.0, ge=6.0, description="A worker that stops heartbeating leaves the group "
+                                                                     "after this long (Kafka's minimum is 6 s).")
+    log_repeat_interval_s: float = Field(10.0, gt=0, description="Identical Kafka-client warnings/errors (e.g. the broker "
+                                                                 "is down) are logged once per this interval.")
+    # web_host is the name other workers use to reach this one's web view (advertised); web_bind what it listens on.
+    web_bind: str = Field("127.0.0.1", description="Interface the web server listens on; 0.0.0.0 exposes it to the network.")
+    web_token: SecretStr = Field(SecretStr(""), description="Bearer token for pages showing a user's data (then asked of every "
+                                                          "client); empty = served to loopback clients only.")
+    web_debug_views: bool = Field(False, description="Serve Faust's /table/ and /router/ views (they show raw table data).")
     web_port: int = 6066
     web_host: str = "127.0.0.1"
-    batch_size: int = Field(64, ge=1, description="Events taken per batch by the agents (stream.take).")
+    batch_size: int = Field(256, ge=1, description="Most events taken per batch by the agents (stream.take); under load batches fill up, at low rates batch_timeout_s closes them.")
     batch_timeout_s: float = Field(0.02, gt=0, description="Longest wait to fill a batch before processing it.")
 
     # --- Reliability (README "Reliability"; input bounds are constants in stream_app/events.py) -------------
@@ -48,6 +70,7 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = None
     qdrant_collection: str = "items"
     item_cache_size: int = Field(20_000, ge=0, description="Item vectors kept in memory to avoid a store round trip.")
+    store_timeout_s: float = Field(30.0, gt=0, description="Deadline of every vector-store call (an index build gets its own); a stuck embedded store is restarted.")
 
     # --- Encoder -----------------------------------------------------------------------------
     model_name: str = Field("multilingual-e5-small", description="Model folder name: multilingual-e5-small or all-MiniLM-L6-v2.")
@@ -107,6 +130,16 @@ class Settings(BaseSettings):
     def resolved_model_dir(self) -> Path:
         """The model folder the encoder loads: model_dir if set, else model_cache/model_name."""
         return self.model_dir if self.model_dir is not None else self.model_cache / self.model_name
+
+    def kafka_client_options(self) -> dict:
+        """aiokafka security keyword arguments (all but bootstrap_servers), from kafka_security.client_kwargs."""
+        from stream_app.kafka_security import client_kwargs  # the one mapping; imported here (it imports Settings)
+
+        return {k: v for k, v in client_kwargs(self).items() if k != "bootstrap_servers"}
+
+    def group_instance_id(self) -> str:
+        """Kafka static-membership id of this worker: worker_id, else <hostname>-<web_port> (unique on a host)."""
+        return f"{self.app_id}-{self.worker_id or f'{socket.gethostname()}-{self.web_port}'}"
 
 
 @lru_cache(maxsize=1)

@@ -9,6 +9,7 @@ import faust
 from faust.web import Request, Response, View
 
 from stream_app.interest import consumed_items, decode_state, interest_vectors
+from stream_app.webauth import user_data_guard
 
 if TYPE_CHECKING:
     from stream_app.pipeline import Pipeline
@@ -46,6 +47,7 @@ def register_pages(app: faust.App, pipeline: Pipeline, user_state: faust.types.T
                               if pipeline.encoder else None})
 
     @app.page("/users/{user_id}/")
+    @user_data_guard(settings)
     @app.table_route(table=user_state, match_info="user_id")
     async def user_view(web: Any, request: Request, user_id: str) -> Response:
         """Why this user gets what they get (routed to the worker that owns the user's partition)."""
@@ -55,6 +57,7 @@ def register_pages(app: faust.App, pipeline: Pipeline, user_state: faust.types.T
     class Dashboard(View):
         """A human-readable page: metrics and the latest lists per user."""
 
+        @user_data_guard(settings)
         async def get(self, request: Request) -> Response:
             m = pipeline.metrics.snapshot()
             rows = "".join(

@@ -115,6 +115,7 @@ def worker(kafka_bootstrap: str, tmp_path_factory) -> Iterator[Worker]:
         "STREAM_APP_TABLE_STORE": "rocksdb://",  # the production store
         "STREAM_APP_WEB_PORT": str(port),
         "STREAM_APP_TOPIC_PARTITIONS": "2",
+        "STREAM_APP_STORE_TIMEOUT_S": "5",  # short, so the stopped-store test below is quick
     }
     w = start_worker(env, data, f"http://127.0.0.1:{port}")
     try:
@@ -323,3 +324,38 @@ def test_an_event_for_an_unknown_item_is_dead_lettered_once(worker):
 
     dead = asyncio.run(scenario())
     assert [d["reason"] for d in dead] == ["unknown or deleted item_id 'sku-does-not-exist'"]
+
+
+def store_child_pid(w: Worker) -> int:
+    """The worker's vector-store child process (python -m stream_app.adapters.vectorstore.child)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if ppid == w.proc.pid and b"stream_app.adapters.vectorstore.child" in cmdline:
+            return int(entry.name)
+    raise AssertionError("no store child under the worker")
+
+
+def test_a_stopped_store_child_times_out_is_restarted_and_serving_resumes(worker):
+    """SIGSTOP the embedded store's child: the next store call times out, the child is killed and restarted on
+    the same data, the batch is retried, and the event is still answered (nothing dead-lettered, nothing lost)."""
+    user = f"stop-{uuid.uuid4().hex[:6]}"
+    stuck = store_child_pid(worker)
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        recs = asyncio.run(play_and_collect(worker, [ev(user, "purchase", ids_by_title("Hoka Clifton 9"))],
+                                            timeout=120))
+    finally:
+        try:
+            os.kill(stuck, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert recs and recs[-1]["items"]
+    assert store_child_pid(worker) != stuck
+    with pytest.raises(ProcessLookupError):
+        os.kill(stuck, 0)

@@ -106,6 +106,10 @@ def worker(kafka_bootstrap: str, tmp_path_factory) -> Iterator[Worker]:
             await admin.create_topics([NewTopic(env[f"STREAM_APP_{t}_TOPIC"], num_partitions=2, replication_factor=1,
                                                 topic_configs={"max.message.bytes": str(BIG)})
                                        for t in ("ITEMS", "BEHAVIOUR")])
+            # A DLQ that refuses records over 4 KiB: a dead letter with the value's copy is refused by the broker,
+            # retried, and delivered without the copy.
+            await admin.create_topics([NewTopic(env["STREAM_APP_ITEMS_DLQ_TOPIC"], num_partitions=1,
+                                                replication_factor=1, topic_configs={"max.message.bytes": "4096"})])
         finally:
             await admin.close()
 
@@ -140,72 +144,94 @@ def test_poison_items_cost_only_themselves(worker):
     assert "lone surrogate" in reasons[b"p-item-surrogate"]
     assert "key is not the item_id" in reasons[b"p-item-key"]
     assert "nested too deeply" in reasons[b"p-item-deep"]
+    deep = next(json.loads(m.value) for m in dead if m.key == b"p-item-deep")  # refused once with its copy
+    assert deep["value_b64"] is None and deep["value_length"] == 200_000 and deep["value_truncated"]
     assert "empty value" in reasons[b"p-item-null"]
     assert (worker.stats() or {})["items_indexed"] == before + 10
 
 
+def poison_behaviour(item_id: str, tag: str = "") -> dict[bytes, tuple[bytes | None, str]]:
+    """key -> (value, expected reason) of every poison kind, keys (and user ids) made unique by `tag`."""
+    valid = {"event_id": "p", "user_id": "p", "type": "view", "item_id": item_id, "ts": BASE_TS}
+    head = json.dumps(valid)[:-1].encode()  # a valid event without its closing brace, to append fields to
+
+    def poison_event(key: str, **fields) -> bytes:
+        return as_json({**valid, "event_id": key, "user_id": key, **fields})
+
+    kinds: dict[str, tuple[bytes | None, str]] = {
+        "p-deep-array": (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        "p-deep-object": (head + b', "x": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5000 + b"}", "nested too deeply"),
+        "p-digits": (head + b', "n": ' + b"7" * 5000 + b"}", "not valid JSON"),
+        "p-null": (None, "empty value"),
+        "p-empty": (b"", "empty value"),
+        "p-surrogate-user": (b'{"event_id": "s1", "user_id": "p-surrogate-user\\ud800", "type": "view", '
+                             b'"item_id": "x", "ts": 1}', "lone surrogate"),
+        "p-surrogate-text": (as_json({"event_id": "s2", "user_id": f"p-surrogate-text{tag}", "type": "search",
+                                      "ts": 1}).replace(b'"ts"', b'"text": "phone \\ud800", "ts"'), "lone surrogate"),
+        "p-surrogate-item": (as_json({"event_id": "s3", "user_id": f"p-surrogate-item{tag}", "type": "view",
+                                      "ts": 1}).replace(b'"ts"', b'"item_id": "x-\\ud800", "ts"'), "lone surrogate"),
+        "p-long-text": (poison_event(f"p-long-text{tag}", type="review", text="长" * 10_000), "longer than 16384 bytes"),
+        "p-over-1mib": (poison_event(f"p-over-1mib{tag}", type="review", text="a" * (3 << 19)),
+                        "over the 1048576-byte limit"),
+        "p-key": (as_json({**valid, "event_id": "k", "user_id": "somebody-else"}), "key is not the user_id"),
+        "p-future": (poison_event(f"p-future{tag}", ts=time.time() + 3 * 86_400), "ahead of the message's broker"),
+        "p-not-json": (b"{nope", "not valid JSON"),
+        "p-unknown-item": (poison_event(f"p-unknown-item{tag}", item_id="sku-nowhere"), "unknown or deleted item_id"),
+    }
+    return {f"{k}{tag}".encode(): v for k, v in kinds.items()}
+
+
 def test_poison_behaviour_interleaved_with_good_events(worker):
     """Every good event is answered; every poison message is dead-lettered once, with its own reason."""
+    hostile_run(worker, n_users=12, per_user=3, copies=1)
+
+
+def hostile_run(worker: Worker, n_users: int, per_user: int, copies: int) -> dict:
+    """n_users x per_user good events with `copies` of every poison kind spread among them; checks and counts."""
     bootstrap = worker.env["STREAM_APP_KAFKA_BOOTSTRAP"]
     item_ids = [i["item_id"] for i in load_catalogue()[:N_ITEMS]]
     run = uuid.uuid4().hex[:6]
-    valid = {"event_id": "p", "user_id": "p", "type": "view", "item_id": item_ids[0], "ts": BASE_TS}
-    head = json.dumps(valid)[:-1].encode()  # a valid event without its closing brace, to append fields to
-
-    def poison_event(key: str, **fields) -> tuple[bytes, bytes]:
-        return key.encode(), as_json({**valid, "event_id": key, "user_id": key, **fields})
-
-    poison: dict[bytes, tuple[bytes | None, str]] = {
-        b"p-deep-array": (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
-        b"p-deep-object": (head + b', "x": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5000 + b"}", "nested too deeply"),
-        b"p-digits": (head + b', "n": ' + b"7" * 5000 + b"}", "not valid JSON"),
-        b"p-null": (None, "empty value"),
-        b"p-empty": (b"", "empty value"),
-        b"p-surrogate-user": (b'{"event_id": "s1", "user_id": "p-surrogate-user\\ud800", "type": "view", '
-                              b'"item_id": "x", "ts": 1}', "lone surrogate"),
-        b"p-surrogate-text": (b'{"event_id": "s2", "user_id": "p-surrogate-text", "type": "search", '
-                              b'"text": "phone \\ud800", "ts": 1}', "lone surrogate"),
-        b"p-surrogate-item": (b'{"event_id": "s3", "user_id": "p-surrogate-item", "type": "view", '
-                              b'"item_id": "x-\\ud800", "ts": 1}', "lone surrogate"),
-        b"p-long-text": (poison_event("p-long-text", type="review", text="长" * 10_000)[1], "longer than 16384 bytes"),
-        b"p-over-1mib": (poison_event("p-over-1mib", type="review", text="a" * (3 << 19))[1],
-                         "over the 1048576-byte limit"),
-        b"p-key": (as_json({**valid, "event_id": "k", "user_id": "somebody-else"}), "key is not the user_id"),
-        b"p-future": (poison_event("p-future", ts=time.time() + 3 * 86_400)[1], "ahead of the message's broker"),
-        b"p-not-json": (b"{nope", "not valid JSON"),
-        b"p-unknown-item": (poison_event("p-unknown-item", item_id="sku-nowhere")[1], "unknown or deleted item_id"),
-    }
-    users = [f"good-{run}-{u}" for u in range(12)]
-    good = [ev(u, item_ids[(n + k) % N_ITEMS], minute=k) for k in range(3) for n, u in enumerate(users)]
+    poison: dict[bytes, tuple[bytes | None, str]] = {}
+    for c in range(copies):
+        poison.update(poison_behaviour(item_ids[0], f"-{run}-{c}"))
+    users = [f"good-{run}-{u}" for u in range(n_users)]
+    good = [ev(u, item_ids[(n + k) % N_ITEMS], minute=k) for k in range(per_user) for n, u in enumerate(users)]
     messages: list[tuple[bytes | None, bytes | None]] = []
     bad = list(poison.items())
+    every = max(1, len(good) // (len(bad) + 1))
     for n, event in enumerate(good):  # poison spread through the good events, so batches mix both
         messages.append((event["user_id"].encode(), as_json(event)))
-        if n % 2 == 1 and bad:
+        if n % every == every - 1 and bad:
             key, (value, _) = bad.pop()
             messages.append((key, value))
     messages += [(key, value) for key, (value, _) in bad]
 
+    t0 = time.monotonic()
     asyncio.run(produce(bootstrap, worker.topic("behaviour"), messages))
     wanted = {e["event_id"] for e in good}
     recs = asyncio.run(read_topic(bootstrap, worker.topic("recommendations"), lambda got: wanted <= {
         i for m in got for i in json.loads(m.value)["event_ids"]}))
     answered = Counter(i for m in recs for i in json.loads(m.value)["event_ids"])
     assert wanted <= set(answered)
-    dead = asyncio.run(read_topic(bootstrap, worker.topic("dlq"),
-                                  lambda got: {m.key for m in got} >= set(poison)))
+    answered_s = time.monotonic() - t0
+    dead = [m for m in asyncio.run(read_topic(bootstrap, worker.topic("dlq"),
+                                              lambda got: {m.key for m in got} >= set(poison))) if m.key in poison]
     by_key = Counter(m.key for m in dead)
-    assert by_key == Counter(set(poison)), by_key  # each poison once, no good event
+    assert by_key == Counter(set(poison)), by_key  # each poison once
     for m in dead:
         rec = json.loads(m.value)
         assert poison[m.key][1] in rec["reason"], (m.key, rec["reason"])
         assert rec["topic"] == worker.topic("behaviour") and rec["offset"] >= 0
         assert len(m.value) < 256 * 1024  # the record fits the broker whatever the message was
-        if m.key == b"p-over-1mib":
+        if m.key.startswith(b"p-over-1mib"):
             assert rec["value_truncated"] and rec["value_length"] > 1 << 20 and len(rec["value_sha256"]) == 64
+    assert not [m for m in asyncio.run(read_topic(bootstrap, worker.topic("dlq"), lambda got: True))
+                if m.key and m.key.startswith(b"good-")]  # no good event dead-lettered
     for u in users:
-        assert user_page(worker, u)["events"] == 3
+        assert user_page(worker, u)["events"] == per_user
     assert worker.proc.poll() is None
+    return {"good": len(good), "answered": len(wanted & set(answered)), "poison": len(poison),
+            "dead_lettered_once": sum(n == 1 for n in by_key.values()), "all_answered_s": round(answered_s, 1)}
 
 
 def test_a_triple_sent_event_is_applied_once(worker):
@@ -260,5 +286,6 @@ def test_a_forgotten_user_stays_forgotten_after_a_restart_from_the_changelog(wor
 
     # No user id reached the worker's log (it logs at WARNING and above here; ids only at DEBUG).
     log_text = (data / "worker.log").read_text(errors="replace")
-    for user in (gone, kept, "good-", "triple-"):
+    assert "a send to Kafka failed" in log_text  # the refused dead letter above, logged without its contents
+    for user in (gone, kept, "good-", "triple-", "p-item-deep"):
         assert user not in log_text

@@ -9,6 +9,8 @@ same client API a server URL uses; only the transport differs. Not a mock.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +19,13 @@ import pytest_asyncio
 from qdrant_client import AsyncQdrantClient
 
 from stream_app.settings import Settings
-from stream_app.vectorstore import (
+from stream_app.adapters.vectorstore import (
     ITEM_ID_KEY,
     EmbeddedItemStore,
     ItemRecord,
     ItemStore,
     QdrantServerStore,
+    StoreTimeout,
     open_item_store,
     point_id,
 )
@@ -206,8 +209,8 @@ async def test_embedded_store_survives_its_worker_being_killed(tmp_path: Path):
     await store.ensure_collection(DIM)
     try:
         await store.upsert(records(cat))
-        store._worker.proc.kill()
-        store._worker.proc.wait()
+        store._child.proc.kill()
+        store._child.proc.wait()
         assert await store.count() == 40
         [hits] = await store.search(cat[7], limit=1)
         assert hits[0].item_id == "sku-7"
@@ -278,3 +281,93 @@ def test_point_ids_are_stable_uuids():
     assert point_id("sku-1") == point_id("sku-1")
     assert point_id("sku-1") != point_id("sku-2")
     assert point_id("sku-1").version == 5
+
+
+@pytest.mark.asyncio
+async def test_get_records_returns_vector_and_payload_in_one_call(store):
+    cat = unit_rows(6)
+    await store.upsert(records(cat))
+    got = await store.get_records(["sku-1", "sku-4", "missing"])
+    assert set(got) == {"sku-1", "sku-4"}
+    assert got["sku-4"].payload == {"title": "item 4", "rank": 4, ITEM_ID_KEY: "sku-4"}
+    np.testing.assert_allclose(got["sku-1"].vector, cat[1], atol=1e-6)
+    assert got["sku-1"].vector.dtype == np.float32
+    assert await store.get_records([]) == {}
+
+
+@pytest.mark.asyncio
+async def test_search_can_return_only_some_payload_fields(store):
+    cat = unit_rows(30)
+    await store.upsert(records(cat))
+    [hits] = await store.search(cat[3], limit=2, payload_fields=["title"])
+    assert hits[0].payload == {"title": "item 3", ITEM_ID_KEY: "sku-3"}
+
+
+def test_wire_frames_carry_arrays_as_raw_bytes_and_json_values():
+    from stream_app.adapters.vectorstore import child
+
+    vectors = unit_rows(3, dim=384)
+    message = ["_w_upsert", [["a", "b", "c"], vectors, [{"title": "蓝牙耳机", "n": 1}, {}, {}], 7]]
+    frame = b"".join(bytes(b) for b in child.encode_frame(message))
+    json_len, data_len = child.frame_sizes(frame[: child.HEADER.size])
+    assert data_len == vectors.nbytes  # raw float32, not base64 or text
+    body = frame[child.HEADER.size:]
+    name, args = child.decode_frame(body[:json_len], body[json_len:])
+    assert name == "_w_upsert" and args[0] == ["a", "b", "c"] and args[2][0]["title"] == "蓝牙耳机"
+    np.testing.assert_array_equal(args[1], vectors)
+    with pytest.raises(ValueError):
+        child.frame_sizes(child.HEADER.pack(1 << 40, 0))
+
+
+@pytest.mark.asyncio
+async def test_embedded_store_restarts_a_killed_child_and_serves(tmp_path: Path):
+    cat = unit_rows(40)
+    store = EmbeddedItemStore(tmp_path / "edge", timeout_s=10)
+    await store.ensure_collection(DIM)
+    try:
+        await store.upsert(records(cat))
+        old_pid = store.child_pid
+        os.kill(old_pid, signal.SIGKILL)
+        await asyncio.sleep(0.2)
+        assert not store.healthy  # a dead child shows before any call
+        assert await store.count() == 40  # restarted, shard reopened, call retried
+        assert store.child_pid != old_pid and store.restarts == 1
+        assert store.healthy and "exited" in (store.last_error or "")
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_embedded_store_times_out_on_a_stopped_child_and_restarts_it(tmp_path: Path):
+    cat = unit_rows(40)
+    store = EmbeddedItemStore(tmp_path / "edge", timeout_s=1.5)
+    await store.ensure_collection(DIM)
+    try:
+        await store.upsert(records(cat))
+        old_pid = store.child_pid
+        os.kill(old_pid, signal.SIGSTOP)
+        with pytest.raises(StoreTimeout):
+            await store.search(cat[2], limit=1)
+        assert not store.healthy and "no answer" in (store.last_error or "")
+        assert store.child_pid != old_pid  # the stuck child was killed and replaced at once
+        with pytest.raises(ProcessLookupError):
+            os.kill(old_pid, 0)
+        [hits] = await store.search(cat[2], limit=1)
+        assert hits[0].item_id == "sku-2"
+        assert store.healthy and await store.ping()
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_row_excludes_filter_each_row_and_still_return_limit_hits(store):
+    cat = unit_rows(200)
+    await store.upsert(records(cat))
+    queries = unit_rows(3, seed=21)
+    own = [set(brute_force(cat, queries[0], 6)), set(), set(brute_force(cat, queries[2], 2))]
+    results = await store.search(queries, limit=5, row_excludes=own, exclude_ids={"sku-0"})
+    for q, mine, hits in zip(queries, own, results):
+        skip = {int(e.split("-")[1]) for e in mine | {"sku-0"}}
+        assert [h.item_id for h in hits] == brute_force(cat, q, 5, exclude=skip)
+    with pytest.raises(ValueError):
+        await store.search(queries, limit=5, row_excludes=[set()])

@@ -1,0 +1,156 @@
+"""run_batches' promises, with Faust's take_events ack semantics reproduced: an offset is acked only after its
+message was served or dead-lettered; a cancelled batch is never acked; a failing DLQ send is retried."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+import pytest
+from faust.types.tuples import Message
+
+import stream_app.app as agent
+from stream_app.events import EventError
+from stream_app.resilience import RetryPolicy
+
+
+@dataclass
+class FakeEvent:
+    message: Message
+
+
+def event(offset: int, value: bytes | None) -> FakeEvent:
+    msg = Message("behaviour", 0, offset, 1767225600.0, 0, None, b"u", value, None)
+    msg.incref()  # the stream's own reference, as Faust's conductor takes it
+    return FakeEvent(msg)
+
+
+class FakeStream:
+    """take_events as Faust 0.15 has it: yield a batch, ack all of it in `finally` (also when the generator is
+    closed after the consumer of the batch failed or was cancelled)."""
+
+    def __init__(self, batches: list[list[FakeEvent]]) -> None:
+        self.batches = batches
+        self.gen = None
+
+    def take_events(self, max_: int, within: float):
+        async def gen():
+            for batch in self.batches:
+                try:
+                    yield list(batch)
+                finally:
+                    for e in batch:
+                        e.message.ack(None)
+
+        self.gen = gen()
+        return self.gen
+
+
+class FakeTopic:
+    """Records what was delivered; the first `failures` sends raise (as a broker refusing a record would)."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.delivered: list[tuple[bytes | None, dict]] = []
+
+    def as_future_message(self, key=None, value=None):
+        fut = PendingSend()
+        fut.key, fut.value = key, value
+        return fut
+
+    async def publish_message(self, fut):
+        if self.failures:  # refused by the broker: the future fails, as Faust's _on_published makes it
+            self.failures -= 1
+            fut.set_exception(RuntimeError("MessageSizeTooLargeError"))
+        else:
+            self.delivered.append((fut.key, fut.value))
+            fut.set_result(None)
+        return fut
+
+
+class PendingSend(asyncio.Future):
+    """Stands for Faust's FutureMessage: an asyncio future that carries the message."""
+
+
+@pytest.fixture(autouse=True)
+def fast_policy(monkeypatch):
+    monkeypatch.setattr(agent, "policy", RetryPolicy(retries=1, split_retries=0, backoff_s=0.001, backoff_max_s=0.002))
+
+
+def parse(e: FakeEvent) -> bytes:
+    if e.message.value in (None, b"bad"):
+        raise EventError(f"bad message at {e.message.offset}")
+    return e.message.value
+
+
+def test_offsets_are_acked_only_after_serving_or_dead_lettering_and_a_failed_dlq_send_is_retried():
+    batches = [[event(0, b"a"), event(1, b"bad"), event(2, None)], [event(3, b"b")]]
+    dlq = FakeTopic(failures=4)  # two bad messages' first attempts, and more: the 3rd attempt drops the copy
+    served: list[tuple[int, bool]] = []
+
+    async def process(rows):
+        served.extend((e.message.offset, e.message.acked) for e, _ in rows)
+        return []
+
+    asyncio.run(agent.run_batches(FakeStream(batches), parse, process, dlq))
+    assert served == [(0, False), (3, False)]  # processed before being acked
+    assert [json.loads(json.dumps(v))["offset"] for _, v in dlq.delivered] == [1, 2]  # each once, in order
+    first = dlq.delivered[0][1]
+    assert first["reason"] == "bad message at 1" and first["value_b64"] is None  # sent without the copy
+    assert all(e.message.acked for b in batches for e in b)
+
+
+def test_a_batch_cancelled_half_way_is_never_acked():
+    done, cut = [event(0, b"a")], [event(1, b"b"), event(2, b"c")]
+    stream = FakeStream([done, cut])
+
+    async def process(rows):
+        if rows[0][0].message.offset == 1:
+            raise asyncio.CancelledError  # the worker is stopping in the middle of this batch
+        return []
+
+    async def scenario():
+        with pytest.raises(asyncio.CancelledError):
+            await agent.run_batches(stream, parse, process, FakeTopic())
+        await stream.gen.aclose()  # what the event loop does to the abandoned generator: its `finally` acks
+
+    asyncio.run(scenario())
+    assert done[0].message.acked
+    assert not any(e.message.acked for e in cut)  # not committed: delivered again after the restart
+
+
+def test_a_failure_in_processing_dead_letters_only_the_event_that_fails_alone():
+    batch = [event(i, b"boom" if i == 5 else b"ok") for i in range(8)]
+    dlq = FakeTopic()
+    processed: list[int] = []
+
+    async def process(rows):
+        if any(v == b"boom" for _, v in rows):
+            raise ValueError("the encoder cannot take this one")
+        processed.extend(e.message.offset for e, _ in rows)
+        return [(e, "unknown item") for e, _ in rows if e.message.offset == 7]  # a per-event rejection
+
+    asyncio.run(agent.run_batches(FakeStream([batch]), parse, process, dlq))
+    assert sorted(processed) == [0, 1, 2, 3, 4, 6, 7]
+    reasons = {v["offset"]: v["reason"] for _, v in dlq.delivered}
+    assert reasons == {5: "processing failed: ValueError: the encoder cannot take this one", 7: "unknown item"}
+    assert all(e.message.acked for e in batch)
+
+
+def test_plan_user_skips_redeliveries_and_a_forget_drops_what_came_before():
+    from stream_app.events import BehaviourEvent
+    from stream_app.interest import new_state, remember_events
+
+    def row(event_id: str, kind: str = "view"):
+        return event(0, b"x"), BehaviourEvent(event_id, "u", kind, "sku-1" if kind != "forget" else None, None, 1.0)
+
+    stored = remember_events(new_state(4), ["old-1", "old-2"], cap=8)
+    plan = agent.plan_user([row("old-1"), row("new-1"), row("new-1"), row("new-2")], stored)
+    assert [b.event_id for _, b in plan.apply] == ["new-1", "new-2"]
+    assert [b.event_id for _, b in plan.duplicates] == ["old-1", "new-1"] and not plan.forgotten
+    assert [b.event_id for _, b in plan.served()] == ["old-1", "new-1", "new-1", "new-2"]
+
+    plan = agent.plan_user([row("a"), row("f", "forget"), row("old-1"), row("b")], stored)
+    assert plan.forgotten and [b.event_id for _, b in plan.apply] == ["old-1", "b"]  # after a forget, all is new
+    assert [b.event_id for _, b in plan.served()] == ["old-1", "b"]  # the forget itself gets no list
