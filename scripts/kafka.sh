@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A single-node Apache Kafka 4 broker (KRaft, combined broker+controller, 127.0.0.1 only) for
 # development, the demo and the tests. No Docker: jars come from Maven Central via kafka/pom.xml.
-#   scripts/kafka.sh fetch|start|stop|status|logs
+#   scripts/kafka.sh fetch|start|stop|status|logs [N]
 # Environment: STREAM_APP_KAFKA_BOOTSTRAP (default 127.0.0.1:9092; the controller uses port+1),
 #              STREAM_APP_KAFKA_DIR (data + logs, default <repo>/kafka/run), KAFKA_HEAP (default 512m),
 #              KAFKA_SASL_PORT + KAFKA_SASL_USERS="user:password ..." (optional: a SASL_PLAINTEXT/PLAIN listener too,
@@ -30,9 +30,16 @@ running_pid() {
 port_open() { (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; }
 
 fetch() {
-  if compgen -G "$lib/kafka_2.13-*.jar" >/dev/null; then return 0; fi
+  # kafka/lib is rebuilt whenever kafka/pom.xml changed since the last fetch (its sha256 is kept in lib/.pom.sha256).
+  local want; want=$(sha256sum "$repo/kafka/pom.xml" | cut -d' ' -f1)
+  if compgen -G "$lib/kafka_2.13-*.jar" >/dev/null && [[ "$(cat "$lib/.pom.sha256" 2>/dev/null)" == "$want" ]]; then
+    return 0
+  fi
   say "fetching broker jars from Maven Central into kafka/lib"
-  mvn -q -B -f "$repo/kafka/pom.xml" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$lib"
+  rm -rf "$lib.new"
+  mvn -q -B -f "$repo/kafka/pom.xml" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$lib.new"
+  echo "$want" >"$lib.new/.pom.sha256"
+  rm -rf "$lib" && mv "$lib.new" "$lib"
 }
 
 write_config() {
@@ -125,6 +132,10 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
-  logs) tail -n "${2:-100}" "$log" ;;
+  logs)
+    n="${2:-100}"
+    [[ "$n" =~ ^[0-9]+$ ]] || { echo "usage: $0 logs [N]  (N: number of lines, got '$n')" >&2; exit 2; }
+    if [[ ! -s "$log" ]]; then say "no broker log yet at $log"; exit 0; fi
+    tail -n "$n" "$log" ;;
   *) echo "usage: $0 fetch|start|stop|status|logs [N]" >&2; exit 2 ;;
 esac

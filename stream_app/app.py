@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import faust
+from faust.agents import current_agent
 from faust.streams import _current_event
 from faust.types import EventT
 
@@ -26,6 +27,7 @@ from stream_app.interest import UserState, decode_state, encode_state, event_dig
 from stream_app.kafka_security import client_kwargs, faust_credentials
 from stream_app.logfilter import install_connection_error_filter
 from stream_app.pipeline import Pipeline, UnknownItem, item_fingerprint
+from stream_app.replica import Replicas, publish_items, register_replica_pages
 from stream_app.resilience import Failed, RateLimitedLog, RetryPolicy, process_resilient
 from stream_app.settings import get_settings
 from stream_app.web import register_pages
@@ -58,6 +60,7 @@ app = faust.App(
     web_tables_enabled=settings.web_debug_views,
     web_router_enabled=settings.web_debug_views,
     producer_linger_ms=1,
+    table_standby_replicas=settings.table_standby_replicas,
 )
 
 # Inputs are read as raw bytes so that a malformed message can be forwarded to the DLQ exactly as it came.
@@ -69,11 +72,14 @@ recommendations_topic = app.topic(settings.recommendations_topic, key_type=str, 
                                   value_serializer="json", partitions=settings.topic_partitions)
 behaviour_dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="json", partitions=1)
 items_dlq = app.topic(settings.items_dlq_topic, key_serializer="raw", value_serializer="json", partitions=1)
+# Encoded items for every worker's embedded store (compacted; written by index_items, read by stream_app.replica).
+item_vectors_topic = app.topic(settings.item_vectors_topic_name(), key_type=bytes, value_type=bytes, value_serializer="raw",
+                               partitions=settings.topic_partitions)
 
 def raw_table(name: str, help: str) -> faust.Table:
     """A table of str keys and bytes values stored as they are (Faust would otherwise JSON-encode both)."""
     table = app.Table(name, key_type=str, value_type=bytes, partitions=settings.topic_partitions, help=help)
-    # Faust derives the store's and the changelog's codecs from these attributes, read when the store opens.
+    # Faust derives the store's codecs from these attributes, read when the store opens.
     table.key_serializer = "raw"
     table.value_serializer = "raw"
     # The changelog topic was made (with JSON keys) when the table was registered; a restore read the raw keys
@@ -87,6 +93,7 @@ user_state = raw_table("user-state", "user_id -> packed interest state (stream_a
 item_fingerprints = raw_table("item-fingerprints", "item_id -> fingerprint of what was indexed (skips unchanged re-sends)")
 
 pipeline = Pipeline(settings)
+replicas = Replicas(settings, pipeline)
 
 
 @contextmanager
@@ -167,7 +174,7 @@ async def send_dead_letter(topic: faust.TopicT, event: EventT, reason: str) -> N
     await send_reliably(topic, key, record, "a dead letter",
                         fallback=lambda: dead_letter(raw, msg.key, reason, msg.topic, msg.partition, msg.offset,
                                                      copy_value=False))
-    pipeline.metrics.dead_letters += 1
+    pipeline.metrics.dead_letter(msg.topic, msg.partition, msg.offset, msg.key, reason)
     log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason[:200])
 
 
@@ -183,14 +190,14 @@ Parsed = TypeVar("Parsed")
 
 async def run_batches(stream: faust.StreamT, parse: Callable[[EventT], Parsed],
                       process: Callable[[list[tuple[EventT, Parsed]]], Awaitable[list[tuple[EventT, str]]]],
-                      dlq: faust.TopicT) -> None:
+                      dlq: faust.TopicT, within: float | None = None) -> None:
     """Feed the stream to process() in batches; every event is served or dead-lettered before its offset is acked.
 
     Each message is judged alone by parse() (EventError -> DLQ with its own reason). process() returns the events
     it gave up on, with their reasons; if it raises (a bug), the batch is bisected so only the events that fail on
     their own are dead-lettered. Nothing but cancellation leaves this loop.
     """
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
+    async for events in stream.take_events(settings.batch_size, within=within or settings.batch_timeout_s):
         try:
             good: list[tuple[EventT, Parsed]] = []
             for event in events:
@@ -204,6 +211,7 @@ async def run_batches(stream: faust.StreamT, parse: Callable[[EventT], Parsed],
                 rejected = [(result.item[0], result.reason)] if isinstance(result, Failed) else result
                 for event, reason in rejected:
                     await send_dead_letter(dlq, event, reason)
+            pipeline.metrics.agent_batch_done(getattr(current_agent(), "name", "?"))
         except BaseException:  # cancelled (worker stopping) mid-batch: leave the batch to be redelivered
             hold(events)
             raise
@@ -219,8 +227,10 @@ async def _as_results(process: Callable[[list[Any]], Awaitable[list[tuple[EventT
 @app.agent(items_topic)
 async def index_items(stream: faust.StreamT) -> None:
     """Catalogue events: encode new or changed items in batches, upsert them, delete deleted ones."""
-    await pipeline.start()
-    await run_batches(stream, lambda e: parse_item(e.message.value, meta_of(e)), handle_items_batch, items_dlq)
+    with pipeline.metrics.agent_running("index_items"):  # crashes count against /health
+        await pipeline.start()
+        await run_batches(stream, lambda e: parse_item(e.message.value, meta_of(e)), handle_items_batch, items_dlq,
+                          within=settings.items_batch_timeout_s)
 
 
 async def handle_items_batch(parsed: list[tuple[EventT, ItemEvent]]) -> list[tuple[EventT, str]]:
@@ -241,7 +251,10 @@ async def handle_items_batch(parsed: list[tuple[EventT, ItemEvent]]) -> list[tup
         return []
 
     async def index(rows: list[tuple[EventT, ItemEvent, bytes | None]]) -> list[None]:
-        await pipeline.index_items([item for _, item, _ in rows])  # idempotent: safe to retry on any subset
+        # Encoded once; written to the shared server store, or published to item-vectors for every worker's
+        # embedded store (stream_app.replica). Idempotent: safe to retry on any subset.
+        await publish_items(pipeline, [(item, fp.decode() if fp else None) for _, item, fp in rows],
+                            None if settings.qdrant_url else send_item_vector)
         return [None] * len(rows)
 
     outcome = await process_resilient(index, changed, policy, "indexing items")
@@ -259,12 +272,25 @@ async def handle_items_batch(parsed: list[tuple[EventT, ItemEvent]]) -> list[tup
     return rejected
 
 
+async def send_item_vector(key: bytes, value: bytes | None) -> Awaitable[Any]:
+    """Publish one encoded item (or a tombstone) to item-vectors; returns the broker's acknowledgement."""
+    return await app.producer.send(item_vectors_topic.get_topic_name(), key, value, None, None, None)
+
+
+@app.task
+async def run_replicas() -> None:
+    """This worker's whole-catalogue replica and whole-stream signal feed (stream_app.replica)."""
+    await replicas.run()
+
+
 @app.agent(behaviour_topic)
 async def process_behaviour(stream: faust.StreamT) -> None:
     """Behaviour events: update each user's interest and push one recommendation per user per batch."""
-    await pipeline.start()
-    await run_batches(stream, lambda e: parse_behaviour(e.message.value, meta_of(e)), handle_behaviour_batch,
-                      behaviour_dlq)
+    with pipeline.metrics.agent_running("process_behaviour"):  # crashes count against /health
+        await pipeline.start()
+        await replicas.ready()  # never serve from a partial catalogue or signal
+        await run_batches(stream, lambda e: parse_behaviour(e.message.value, meta_of(e)), handle_behaviour_batch,
+                          behaviour_dlq)
 
 
 def load_state(raw: bytes | None) -> UserState | None:
@@ -397,7 +423,7 @@ async def send_recommendations(recs: dict[str, Any], plans: dict[str, UserBatch]
         rows = plans[user_id].served()
         last_event, last_behaviour = rows[-1]
         latency_ms = (sent_at - last_event.message.timestamp) * 1000.0
-        pipeline.metrics.latencies_ms.append(latency_ms)
+        pipeline.metrics.observe_latency(latency_ms)
         pipeline.metrics.recommendations += 1
         value = {
             "user_id": user_id,
@@ -426,24 +452,33 @@ async def send_recommendations(recs: dict[str, Any], plans: dict[str, UserBatch]
             await send_reliably(recommendations_topic, user_id, value, "a recommendation")
 
 
-register_pages(app, pipeline, user_state, settings)
+register_pages(app, pipeline, user_state, settings, inputs=(items_topic, behaviour_topic))
+register_replica_pages(app, replicas)
 
 
 async def declare_topics() -> None:
     """Create the input, output and DLQ topics with the configured partitions before the worker subscribes.
 
     Faust ignores a source topic that does not exist yet when it subscribes, so a fresh broker must have them first.
+    Existing topics (and the tables' changelogs) must have the configured partitions: StartupError otherwise.
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+    from stream_app.startup import check_partitions
+
     wanted = {t.get_topic_name(): t.partitions or settings.topic_partitions
-              for t in (items_topic, behaviour_topic, recommendations_topic, behaviour_dlq, items_dlq)}
+              for t in (items_topic, behaviour_topic, recommendations_topic, behaviour_dlq, items_dlq, item_vectors_topic)}
+    configs = {item_vectors_topic.get_topic_name(): {"cleanup.policy": "compact"}}
+    changelogs = {t.changelog_topic.get_topic_name(): settings.topic_partitions for t in app.tables.values()}
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in wanted.items()
-                   if name not in existing]
+        present = [name for name in {**wanted, **changelogs} if name in existing]
+        found = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(present)} if present else {}
+        check_partitions({**wanted, **changelogs}, found, settings)
+        missing = [NewTopic(name, num_partitions=n, replication_factor=1, topic_configs=configs.get(name, {}))
+                   for name, n in wanted.items() if name not in existing]
         if missing:
             await admin.create_topics(missing)
             log.info("created topics %s", [t.name for t in missing])

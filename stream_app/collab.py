@@ -261,3 +261,9 @@ def support(state: CollabState, item_ids: Sequence[str], params: CollabParams) -
     f = math.exp(-_rate(params.cooc_half_life_hours) * (state.last_ts - state.t_ref))
     count = state.count
     return {i: count.get(i, 0.0) * f for i in item_ids}
+
+
+def popularity(state: CollabState, item_ids: Sequence[str]) -> list[float]:
+    """Decayed popularity of each item (common scale, 0 for unseen items)."""
+    pop = state.pop
+    return [pop.get(i, 0.0) for i in item_ids]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream_app.cli import kafka_command
+from stream_app.broker import kafka_command
 from stream_app.kafka_security import client_kwargs
 from stream_app.sample_data import load_catalogue, load_demo_behaviour
 from stream_app.settings import Settings, get_settings
@@ -135,7 +135,7 @@ def run_demo(keep_running: bool = False) -> int:
             p50, p95 = np.percentile(latencies, [50, 95])
             print(f"\n{len(latencies)} recommendations; event→recommendation latency p50 {p50:.1f} ms, p95 {p95:.1f} ms")
         url = f"http://{settings.web_host}:{settings.web_port}"
-        print(f"Web view: {url}/dashboard/  metrics: {url}/stats/  per user: {url}/users/alice/")
+        print(f"Dashboard: {url}/dashboard  metrics: {url}/metrics  per user: {url}/users/alice")
         if keep_running and proc is not None:
             print("Worker keeps running (Ctrl-C to stop).")
             proc.wait()

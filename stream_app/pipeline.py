@@ -10,10 +10,10 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,12 +22,44 @@ from stream_app.encoder import TextEncoder, load_encoder
 from stream_app.events import BehaviourEvent, ItemEvent
 from stream_app import collab
 from stream_app.collab import CollabParams, CollabState
+from stream_app.metrics import Metrics
 from stream_app.interest import InterestParams, UserState, apply_event, consumed_items, exclusions, interest_vectors
 from stream_app.ranking import RankParams, candidate_pool, merge_slot_hits, rank
 from stream_app.settings import Settings
-from stream_app.adapters.vectorstore import ItemRecord, ItemStore, open_item_store
+from stream_app.adapters.vectorstore import Hit, ItemRecord, ItemStore, open_item_store
 
 log = logging.getLogger(__name__)
+
+
+# Hits fetched beyond the pool per query row to absorb the row's exclusions (consumed items) by post-filtering.
+# Rows whose exclusions ate into the pool are searched again with their own filter (exact either way):
+# qdrant-edge's per-row filters cost more than this much over-fetching (see README, Performance).
+OVERFETCH = 32
+
+
+async def search_excluding(store: ItemStore, vectors: np.ndarray, pool: int,
+                           excluded: Sequence[Collection[str]], payload_fields: Sequence[str] | None = None,
+                           overfetch: int = OVERFETCH) -> list[list[Hit]]:
+    """Per query row, the `pool` nearest items not in excluded[row], exactly; at most two store calls.
+
+    One batched search at limit pool + min(max exclusions, overfetch) is post-filtered; a row that then has
+    fewer than `pool` hits while the store returned a full list (more items may exist) is searched again with
+    its own exclusion filter. The limit no longer grows with the longest history in the batch.
+    """
+    rows = np.asarray(vectors, dtype=np.float32)
+    if len(rows) == 0 or pool <= 0:
+        return [[] for _ in range(len(rows))]
+    extra = min(max((len(e) for e in excluded), default=0), overfetch)
+    limit = pool + extra
+    hits = await store.search(rows, limit, payload_fields=payload_fields)
+    out = [[h for h in row_hits if h.item_id not in ex][:pool] for row_hits, ex in zip(hits, excluded)]
+    short = [r for r, row_hits in enumerate(hits) if len(out[r]) < pool and len(row_hits) == limit]
+    if short:
+        again = await store.search(rows[short], pool, payload_fields=payload_fields,
+                                   row_excludes=[excluded[r] for r in short])
+        for r, row_hits in zip(short, again):
+            out[r] = row_hits
+    return out
 
 
 class UnknownItem(LookupError):
@@ -65,52 +97,6 @@ class LRUCache:
 
 
 @dataclass
-class Metrics:
-    """Counters and a window of recent latencies for the web view."""
-
-    events: int = 0
-    batches: int = 0
-    recommendations: int = 0
-    dead_letters: int = 0
-    duplicates: int = 0  # redelivered events recognised by their event_id and not applied again
-    forgotten: int = 0  # users deleted by a `forget` event
-    items_indexed: int = 0
-    items_deleted: int = 0
-    items_unchanged: int = 0
-    encoded_texts: int = 0
-    encoder_calls: int = 0
-    encoder_s: float = 0.0
-    encoder_batch_max: int = 0
-    store_searches: int = 0
-    store_record_calls: int = 0
-    cache_hits: int = 0
-    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
-    search_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
-    started_at: float = field(default_factory=time.time)
-
-    def percentile(self, q: float, window: deque[float] | None = None) -> float | None:
-        """The q-th percentile (0..100) of recent event -> recommendation latencies (or of `window`), in ms."""
-        window = self.latencies_ms if window is None else window
-        if not window:
-            return None
-        return float(np.percentile(np.fromiter(window, float), q))
-
-    def snapshot(self) -> dict[str, Any]:
-        """Every counter plus latency and search-time percentiles, as the /stats/ page shows them."""
-        counters = {f.name: getattr(self, f.name) for f in fields(self)
-                    if f.name != "started_at" and not isinstance(getattr(self, f.name), deque)}
-        return {
-            **counters,
-            "latency_ms_p50": self.percentile(50),
-            "latency_ms_p95": self.percentile(95),
-            "latency_ms_p99": self.percentile(99),
-            "search_ms_p50": self.percentile(50, self.search_ms),
-            "search_ms_p99": self.percentile(99, self.search_ms),
-            "uptime_s": round(time.time() - self.started_at, 1),
-        }
-
-
-@dataclass
 class Recommendation:
     """One user's list, with what produced it (for the topic and the per-user explanation page)."""
 
@@ -131,9 +117,9 @@ class Pipeline:
         self.item_vectors = LRUCache(settings.item_cache_size)
         self.cparams = CollabParams.from_settings(settings)
         self.rparams = RankParams.from_settings(settings)
-        # Co-occurrence and popularity from the events this worker sees (its partitions' users): see README.
+        # Co-occurrence, sequence and popularity of the whole stream, fed (and replaced on start) by stream_app.replica.
         self.collab = CollabState()
-        self.metrics = Metrics()
+        self.metrics = Metrics(top_k=settings.top_k)
         self.last_recommendations: OrderedDict[str, Recommendation] = OrderedDict()
         # One thread for the encoder: onnxruntime parallelises inside a run and releases the GIL.
         self._encoder_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
@@ -152,12 +138,17 @@ class Pipeline:
             if self._ready:
                 return
             loop = asyncio.get_running_loop()
-            if self.encoder is None:
-                self.encoder = await loop.run_in_executor(self._encoder_pool, load_encoder, self.settings)
-            if self.store is None:
-                self.store = open_item_store(self.settings)
-            await self.store.ensure_collection(self.encoder.dim)
-            self._ready = True
+            try:
+                if self.encoder is None:
+                    self.encoder = await loop.run_in_executor(self._encoder_pool, load_encoder, self.settings)
+                if self.store is None:
+                    self.store = open_item_store(self.settings)
+                await self.store.ensure_collection(self.encoder.dim)
+            except Exception as exc:
+                self.metrics.startup_error = f"pipeline failed to start: {type(exc).__name__}: {exc}"
+                raise
+            self._ready = self.metrics.ready = True
+            self.metrics.startup_error = ""
             log.info("pipeline ready: model=%s dim=%d provider=%s", self.encoder.manifest.name, self.encoder.dim,
                      self.encoder.provider)
 
@@ -198,6 +189,7 @@ class Pipeline:
         m.encoded_texts += n
         m.encoder_calls += 1
         m.encoder_batch_max = max(m.encoder_batch_max, n)
+        m.observe_encoder(n, (time.perf_counter() - t0) * 1000)
         return out
 
     # ---- items --------------------------------------------------------------------------------------------
@@ -218,7 +210,8 @@ class Pipeline:
         if upserts:
             vectors = await self.encode([item.document() for item in upserts], kind="passage")
             records = [ItemRecord(item.item_id, vec, item.payload()) for item, vec in zip(upserts, vectors)]
-            await self.store.upsert(records)
+            with self.metrics.store_call("upsert"):
+                await self.store.upsert(records)
             for record in records:
                 self.item_vectors.put(record.item_id, record)
             self.metrics.items_indexed += len(upserts)
@@ -238,7 +231,9 @@ class Pipeline:
         missing = sorted(set(item_ids) - found.keys())
         if missing:
             self.metrics.store_record_calls += 1
-            for item_id, record in (await self.store.get_records(missing)).items():
+            with self.metrics.store_call("get_records"):
+                stored = await self.store.get_records(missing)
+            for item_id, record in stored.items():
                 found[item_id] = record
                 cache.put(item_id, record)
         return found
@@ -274,20 +269,21 @@ class Pipeline:
         return out
 
     def update_state(self, state: UserState, events: Sequence[BehaviourEvent], vectors: Sequence[np.ndarray]) -> UserState:
-        """Fold a user's events (in arrival order) into the interest state and the collaborative counters."""
-        observed = []  # the counters change only once every event folded in (apply_event may raise)
+        """Fold a user's events (in arrival order) into the interest state.
+
+        The collaborative counters are fed from the whole stream by stream_app.replica, not here (see the README).
+        """
         for e, vec in zip(events, vectors):
-            if e.item_id and e.type != "dislike":
-                observed.append((e.item_id, consumed_items(state), e.ts))
             state = apply_event(state, vec, e.type, e.ts, e.item_id, self.params)
-        for item_id, previous, ts in observed:
-            collab.observe(self.collab, item_id, previous, ts, self.cparams)
+        for e in events:  # online evaluation: each user's next event against the last list sent
+            self.metrics.online.next_event(e.user_id, e.type, e.item_id)
         self.metrics.events += len(events)
         return state
 
     def forget_user(self, user_id: str) -> None:
-        """Drop every per-user trace this worker keeps outside the state table (the last list sent)."""
+        """Drop every per-user trace this worker keeps outside the state table (the last list sent, metrics)."""
         self.last_recommendations.pop(user_id, None)
+        self.metrics.forget_user(user_id)
 
     async def recommend(self, states: dict[str, UserState], now: float) -> dict[str, Recommendation]:
         """Top-k per user by the one ranking function (stream_app.ranking.candidate_pool + rank), the same calls
@@ -307,9 +303,10 @@ class Pipeline:
         if owners:
             t0 = time.perf_counter()
             # Hits carry the title only (what the list shows); the rest of the payload stays in the store.
-            hits_by_row = await self.store.search(np.concatenate([slots[u][0] for u in owners]).astype(np.float32),
-                                                  limit, payload_fields=["title"])
-            self.metrics.search_ms.append((time.perf_counter() - t0) * 1e3)
+            with self.metrics.store_call("search"):
+                hits_by_row = await self.store.search(np.concatenate([slots[u][0] for u in owners]).astype(np.float32),
+                                                      limit, payload_fields=["title"])
+            self.metrics.observe_search((time.perf_counter() - t0) * 1e3)
             self.metrics.store_searches += 1
         text_hits: dict[str, dict[str, float]] = {u: {} for u in states}
         payloads: dict[str, dict] = {}
@@ -345,7 +342,11 @@ class Pipeline:
                               "title": payloads.get(r.item_id, {}).get("title", ""), "why": why})
             strategy = "blend" if len(weights) else "popular"
             out[u] = Recommendation(u, items, strategy, [round(float(w), 4) for w in weights])
+        bestsellers = collab.top_popular(self.collab, limit)  # the online evaluation's baseline list
         for user_id, rec in out.items():
+            seen = set(recent[user_id])
+            self.metrics.online.list_sent(user_id, [i["item_id"] for i in rec.items],
+                                          [i for i in bestsellers if i not in seen][:k])
             self.last_recommendations[user_id] = rec
             self.last_recommendations.move_to_end(user_id)
         while len(self.last_recommendations) > 10_000:

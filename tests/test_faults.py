@@ -3,6 +3,8 @@
 Nothing is mocked: the worker is `stream-app worker` as a child process (default encoder, embedded Qdrant, RocksDB
 tables); the test talks Kafka, reads the worker's web view, and afterwards opens the worker's own stores.
 Recovery times are printed (run with -s to see them); only generous bounds are asserted.
+Knobs: STREAM_APP_TEST_FAULT_EVENTS (events of the SIGKILL test, default 5000; the issue's size is 20000) and
+STREAM_APP_TEST_WORKER_LOGLEVEL (the workers' --loglevel, default warn; info shows where a restart's time goes).
 """
 
 from __future__ import annotations

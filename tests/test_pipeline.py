@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 
 from models.export import ensure_model
@@ -10,6 +12,9 @@ from stream_app.events import BehaviourEvent, ItemEvent
 from stream_app.interest import new_state
 from stream_app.pipeline import Pipeline, UnknownItem
 from stream_app.settings import Settings
+from stream_app.signal_state import SignalState, count_events
+
+_SIGNALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # each pipeline's counters with their user windows
 
 ITEMS = [
     ("p1", "USB-C fast charger 65W", "phone-accessories"),
@@ -40,10 +45,13 @@ async def pipeline(tmp_path, request):
 
 
 async def fold(p: Pipeline, events: list[BehaviourEvent], states: dict) -> dict:
+    """Interest states as the behaviour agent folds them, counters as every worker's signal feed does."""
+    signal = _SIGNALS.setdefault(p, SignalState(collab=p.collab))
     vectors = await p.event_vectors(events)
     for e, v in zip(events, vectors):
         assert not isinstance(v, UnknownItem), v
         states[e.user_id] = p.update_state(states.get(e.user_id, new_state(p.dim)), [e], [v])
+        count_events(signal, [e], p.cparams)
     return states
 
 
@@ -134,3 +142,29 @@ async def test_stream_and_evaluator_rank_identically(tmp_path, pool):
     assert len(stream_lists) == len(queries) == len(data.items) - data.n_users
     assert stream_lists == eval_lists
     assert any(len(lst) >= 3 for lst in stream_lists)
+
+
+async def test_search_excluding_is_exact_with_one_call_or_a_filtered_second(tmp_path):
+    """Rows with few exclusions are post-filtered; a row whose exclusions eat into the pool is searched again."""
+    import numpy as np
+
+    from stream_app.adapters.vectorstore import EmbeddedItemStore, ItemRecord
+    from stream_app.pipeline import search_excluding
+
+    dim = 16
+    rng = np.random.default_rng(3)
+    cat = rng.standard_normal((300, dim)).astype(np.float32)
+    cat /= np.linalg.norm(cat, axis=1, keepdims=True)
+    store = EmbeddedItemStore(tmp_path / "edge")
+    await store.ensure_collection(dim)
+    try:
+        await store.upsert([ItemRecord(f"i{j}", v, {"title": f"t{j}"}) for j, v in enumerate(cat)])
+        queries = cat[[0, 1, 2]]
+        ranked = [[f"i{j}" for j in np.argsort(-(cat @ q), kind="stable")] for q in queries]
+        excluded = [set(ranked[0][:3]), set(), set(ranked[2][:40])]  # the third row's exclusions exceed overfetch
+        got = await search_excluding(store, queries, 5, excluded, payload_fields=["title"], overfetch=8)
+        for row, ex, want in zip(got, excluded, ranked):
+            assert [h.item_id for h in row] == [i for i in want if i not in ex][:5]
+        assert got[0][0].payload["title"].startswith("t")
+    finally:
+        await store.close()

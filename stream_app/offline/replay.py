@@ -155,7 +155,9 @@ def replay(
         if on_query is not None:
             on_query(query)
 
-    with tqdm(total=n, desc=desc, unit="ev", unit_scale=True, disable=not progress, leave=False, file=sys.stderr) as bar:
+    # disable=None: no bar when stderr is not a terminal (no thousands of \r updates in log files)
+    with tqdm(total=n, desc=desc, unit="ev", unit_scale=True, disable=None if progress else True, leave=False,
+              file=sys.stderr) as bar:
         for pos in range(n):
             while q < len(queries) and queries[q].pos == pos:
                 answer(queries[q])
