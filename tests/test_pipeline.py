@@ -96,8 +96,9 @@ async def test_cold_user_gets_popular_items_and_deleted_ones_never(pipeline):
 
 @pytest.mark.parametrize("pool", [200, 3])
 async def test_stream_and_evaluator_rank_identically(tmp_path, pool):
-    """Replay the tiny RecBole fixture both ways: through Pipeline.recommend (real encoder, embedded store) and
-    through the evaluator's default model; before every event both rank for that event's user: same lists."""
+    """Replay the tiny RecBole fixture both ways: through Pipeline.recommend (real encoder, embedded store; the
+    counters fed by signal_state.count_events as the stream's signal replica does) and through the evaluator's
+    default model; before every event both rank for that event's user: same lists."""
     from pathlib import Path
 
     import numpy as np
@@ -106,6 +107,7 @@ async def test_stream_and_evaluator_rank_identically(tmp_path, pool):
     from stream_app.offline.datasets import read_atomic
     from stream_app.offline.protocol import Query, event_types
     from stream_app.offline.replay import Replay, replay
+    from stream_app.signal_state import SignalState, count_events
 
     data = read_atomic(Path(__file__).resolve().parent / "fixtures" / "tiny")
     settings = Settings(data_dir=tmp_path, top_k=5, rank_pool=pool)
@@ -113,6 +115,8 @@ async def test_stream_and_evaluator_rank_identically(tmp_path, pool):
     await p.start()
     try:
         await p.index_items([ItemEvent(i, text, "", "", (), False) for i, text in zip(data.item_ids, data.item_texts)])
+        signal = SignalState()
+        p.collab = signal.collab  # what stream_app.replica does: the pipeline ranks with the signal's counters
         stored = await p.item_vectors_for(list(data.item_ids))
         emb = np.stack([stored[i] for i in data.item_ids])
         types = event_types(data)
@@ -125,6 +129,7 @@ async def test_stream_and_evaluator_rank_identically(tmp_path, pool):
                 stream_lists.append([i["item_id"] for i in rec.items])
             e = BehaviourEvent(f"e{pos}", user, types[pos], item, None, ts)
             states[user] = p.update_state(states.get(user, new_state(p.dim)), [e], [stored[item]])
+            count_events(signal, [e], p.cparams)
     finally:
         await p.close()
 
