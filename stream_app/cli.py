@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             faust_args = ["--loglevel", "debug", *faust_args]
         return worker_command(faust_args)
     if args.command == "eval":
-        from stream_app.evaluate import main as eval_main
+        from stream_app.offline.cli import main as eval_main
 
         return eval_main(rest)
     if args.command == "bench":

@@ -109,18 +109,33 @@ class Settings(BaseSettings):
     top_k: int = Field(10, ge=1)
     qdrant_optimize_every: int = Field(50_000, ge=1, description="Embedded store: build the HNSW index after this many new points.")
 
-    # --- Collaborative signals and the re-ranking blend (tuned on ML-100K validation targets) -------------
+    # --- Collaborative signals and the ranking blend (tuned on ML-100K validation targets: `stream-app eval --tune`) --
+    # The one place these defaults are written: collab.CollabParams and ranking.RankParams read them from here.
     collab_window: int = Field(20, ge=1, description="Co-occurrence counted with the user's last N items.")
-    collab_query_items: int = Field(20, ge=1, description="Recent items whose neighbours are scored.")
-    collab_recency: float = Field(0.9, gt=0, le=1, description="Weight ratio of each older recent item.")
+    collab_query_items: int = Field(20, ge=1, description="Recent items whose co-occurring neighbours are scored.")
+    collab_recency: float = Field(0.9, gt=0, le=1, description="Weight ratio of each older recent item (co-occurrence).")
     collab_neighbour_pop_exponent: float = Field(0.5, ge=0, description="Damping of popular neighbours (ItemKNN-style).")
-    collab_cooc_half_life_hours: float = Field(0.0, ge=0, description="0 = no decay of co-occurrence counts.")
+    collab_cooc_half_life_hours: float = Field(0.0, ge=0, description="0 = no decay of co-occurrence/sequence counts.")
     collab_pop_half_life_hours: float = Field(0.0, ge=0, description="0 = no decay of popularity counts.")
-    collab_max_neighbours: int = Field(300, ge=1)
-    blend_text_weight: float = Field(0.005, ge=0, description="Weight of the interest slots' text affinity.")
-    blend_cooc_weight: float = Field(1.0, ge=0)
-    blend_pop_weight: float = Field(0.0, ge=0)
-    blend_text_temperature: float = Field(0.05, gt=0)
+    collab_max_neighbours: int = Field(300, ge=1, description="Neighbours kept per item and counter.")
+    seq_window: int = Field(5, ge=1, description="Directed transitions counted from the user's last N items.")
+    seq_distance_decay: float = Field(0.5, gt=0, le=1, description="Weight ratio of each step further back.")
+    seq_query_items: int = Field(5, ge=1, description="Recent items whose successors are scored.")
+    seq_recency: float = Field(0.5, gt=0, le=1, description="Weight ratio of each older recent item (sequence).")
+    seq_neighbour_pop_exponent: float = Field(0.5, ge=0, description="Damping of popular successors.")
+    rank_pool: int = Field(200, ge=1, description="Candidates taken from each signal (text, co-occurrence, sequence, popular).")
+    blend_text_weight: float = Field(0.05, ge=0, description="Weight of the interest slots' text affinity.")
+    blend_cooc_weight: float = Field(1.0, ge=0, description="Weight of the co-occurrence score.")
+    blend_seq_weight: float = Field(0.5, ge=0, description="Weight of the directed sequence score.")
+    blend_pop_weight: float = Field(0.2, ge=0, description="Weight of popularity.")
+    blend_text_temperature: float = Field(0.02, gt=0, description="Temperature of the text affinity's exp().")
+    blend_cold_text_weight: float = Field(0.0, ge=0, description="Extra text weight of items with little support.")
+    blend_cold_support: float = Field(5.0, gt=0, description="Interactions at which the extra text weight falls to 1/e.")
+    exclude_types: str = Field(
+        "view,click,review,cart,purchase,dislike",
+        description="Comma-separated event types whose item is never recommended again to that user; purchase and "
+        "dislike are always added; drop view/cart to allow retargeting.",
+    )
 
     def item_vectors_topic_name(self) -> str:
         """The item-vectors topic: item_vectors_topic, else one of this app's own (<app_id>-item-vectors)."""

@@ -1,32 +1,28 @@
-"""Collaborative signals the stream carries itself: decayed item co-occurrence and popularity counters, and the
-re-ranking blend of text affinity with them (pure Python/numpy, no I/O).
+"""Collaborative signals the stream carries itself: decayed item co-occurrence, directed sequence-transition and
+popularity counters (pure Python, no I/O). How they are blended with the text lives in stream_app.core.ranking.
 
-Counters. Every behaviour event (user, item, t) adds exp(-lambda (now - t)) to the item's popularity, and to the
-co-occurrence of the item with each of the user's last `window` items (both directions). Decay is kept exact
+Counters. Every behaviour event (user, item, t) adds g = exp(-lambda (now - t)) to the item's popularity, to the
+co-occurrence of the item with each of the user's last `window` items (both directions), and to the directed
+transition prev -> item for each of the user's last `seq_window` items, weighted by distance d (1 = the item just
+before): seq[prev][item] += g * seq_distance_decay^(d-1). Decay is kept exact
 and O(1) per event by storing values scaled by exp(lambda (t - t_ref)) (growing weights instead of shrinking
 counts); all stored values share one scale, which every score below normalises away, and the state is rescaled
 when the growth factor gets large. Rows keep at most `max_neighbours` neighbours (pruned to the strongest when
-they reach twice that), so memory is O(items * max_neighbours).
+they reach twice that), so memory is O(items * max_neighbours) and an event costs O(window + seq_window).
 
 Scores for a user whose recent items are h_0 (newest), h_1, ...:
     cooc(j) = sum_k recency^k * c(h_k, j) / (n(h_k)^0.5 * n(j)^neighbour_pop_exponent)     (ItemKNN-style)
+    seq(j)  = sum_k seq_recency^k * s(h_k, j) / (n(h_k)^0.5 * n(j)^seq_neighbour_pop_exponent)  (directed)
     pop(j)  = decayed interaction count of j
-Blend of a candidate pool that contains the best item of each signal (so the normalisers do not depend on the
-pool: the stream adds the top co-occurring and top popular items to its Qdrant hits):
-    score(j) = text_weight * exp((text(j) - max text) / text_temperature)
-             + cooc_weight * cooc(j) / max cooc + pop_weight * pop(j) / max pop
-where text(j) = max_s w_s <e_j, v_s>, the score ranking.merge_slot_hits gives the Qdrant hits of the user's slots.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 if TYPE_CHECKING:
     from stream_app.settings import Settings
@@ -35,52 +31,61 @@ SECONDS_PER_HOUR = 3600.0
 _LOG_RESCALE_AT = 200.0  # log growth factor above which stored values are rescaled to the current time
 
 
+def _default(name: str):
+    """The default of a Settings field: Settings is the one place defaults are written."""
+    from stream_app.settings import Settings  # noqa: PLC0415 - pydantic model, imported lazily to keep this pure
+
+    return Settings.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class CollabParams:
-    """Knobs of the collaborative counters and of the re-ranking blend (defaults: tuned on ML-100K validation)."""
+    """Knobs of the collaborative counters (defaults: the Settings fields named in FIELDS, tuned on validation)."""
 
-    window: int = 20
-    cooc_half_life_hours: float = 0.0
-    pop_half_life_hours: float = 0.0
-    max_neighbours: int = 300
-    query_items: int = 20
-    recency: float = 0.9
-    neighbour_pop_exponent: float = 0.5
-    text_weight: float = 0.005
-    cooc_weight: float = 1.0
-    pop_weight: float = 0.0
-    text_temperature: float = 0.05
+    window: int = field(default_factory=lambda: _default("collab_window"))
+    cooc_half_life_hours: float = field(default_factory=lambda: _default("collab_cooc_half_life_hours"))
+    pop_half_life_hours: float = field(default_factory=lambda: _default("collab_pop_half_life_hours"))
+    max_neighbours: int = field(default_factory=lambda: _default("collab_max_neighbours"))
+    query_items: int = field(default_factory=lambda: _default("collab_query_items"))
+    recency: float = field(default_factory=lambda: _default("collab_recency"))
+    neighbour_pop_exponent: float = field(default_factory=lambda: _default("collab_neighbour_pop_exponent"))
+    seq_window: int = field(default_factory=lambda: _default("seq_window"))
+    seq_distance_decay: float = field(default_factory=lambda: _default("seq_distance_decay"))
+    seq_query_items: int = field(default_factory=lambda: _default("seq_query_items"))
+    seq_recency: float = field(default_factory=lambda: _default("seq_recency"))
+    seq_neighbour_pop_exponent: float = field(default_factory=lambda: _default("seq_neighbour_pop_exponent"))
+
+    FIELDS = {
+        "window": "collab_window",
+        "cooc_half_life_hours": "collab_cooc_half_life_hours",
+        "pop_half_life_hours": "collab_pop_half_life_hours",
+        "max_neighbours": "collab_max_neighbours",
+        "query_items": "collab_query_items",
+        "recency": "collab_recency",
+        "neighbour_pop_exponent": "collab_neighbour_pop_exponent",
+        "seq_window": "seq_window",
+        "seq_distance_decay": "seq_distance_decay",
+        "seq_query_items": "seq_query_items",
+        "seq_recency": "seq_recency",
+        "seq_neighbour_pop_exponent": "seq_neighbour_pop_exponent",
+    }
 
     def __post_init__(self) -> None:
-        """Reject values that make the counters or the blend meaningless."""
-        if self.window < 1 or self.query_items < 1 or self.max_neighbours < 1:
-            raise ValueError("window, query_items and max_neighbours must be >= 1")
+        """Reject values that make the counters meaningless."""
+        if min(self.window, self.query_items, self.max_neighbours, self.seq_window, self.seq_query_items) < 1:
+            raise ValueError("window, query_items, max_neighbours, seq_window and seq_query_items must be >= 1")
         if self.cooc_half_life_hours < 0 or self.pop_half_life_hours < 0:
             raise ValueError("half-lives must be >= 0 (0 means no decay)")
-        if not 0 < self.recency <= 1:
-            raise ValueError(f"recency must be in (0, 1], got {self.recency}")
-        if not self.text_temperature > 0:
-            raise ValueError(f"text_temperature must be > 0, got {self.text_temperature}")
-        if min(self.text_weight, self.cooc_weight, self.pop_weight) < 0:
-            raise ValueError("blend weights must be >= 0")
+        for name in ("recency", "seq_recency", "seq_distance_decay"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.neighbour_pop_exponent < 0 or self.seq_neighbour_pop_exponent < 0:
+            raise ValueError("neighbour popularity exponents must be >= 0")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CollabParams:
-        """Read the collab_* and blend_* settings; a field the settings do not define yet keeps its default here."""
-        names = {
-            "window": "collab_window",
-            "cooc_half_life_hours": "collab_cooc_half_life_hours",
-            "pop_half_life_hours": "collab_pop_half_life_hours",
-            "max_neighbours": "collab_max_neighbours",
-            "query_items": "collab_query_items",
-            "recency": "collab_recency",
-            "neighbour_pop_exponent": "collab_neighbour_pop_exponent",
-            "text_weight": "blend_text_weight",
-            "cooc_weight": "blend_cooc_weight",
-            "pop_weight": "blend_pop_weight",
-            "text_temperature": "blend_text_temperature",
-        }
-        return cls(**{f: getattr(settings, s) for f, s in names.items() if hasattr(settings, s)})
+        """Read the collab_* and seq_* settings."""
+        return cls(**{f: getattr(settings, s) for f, s in cls.FIELDS.items()})
 
 
 def _rate(half_life_hours: float) -> float:
@@ -95,6 +100,7 @@ class CollabState:
     pop: dict[str, float] = field(default_factory=dict)  # popularity, pop decay
     count: dict[str, float] = field(default_factory=dict)  # interaction count with the co-occurrence decay
     cooc: dict[str, dict[str, float]] = field(default_factory=dict)
+    seq: dict[str, dict[str, float]] = field(default_factory=dict)  # seq[i][j]: i followed by j (directed)
     t_ref: float | None = None
     last_ts: float = -math.inf
     events: int = 0
@@ -102,13 +108,17 @@ class CollabState:
 
 def _rescale(state: CollabState, t: float, params: CollabParams) -> None:
     """Move the reference time to t, shrinking all stored values so growth factors restart at 1."""
-    assert state.t_ref is not None
+    if state.t_ref is None:
+        state.t_ref = t
+        return
     f_pop = math.exp(-_rate(params.pop_half_life_hours) * (t - state.t_ref))
     f_co = math.exp(-_rate(params.cooc_half_life_hours) * (t - state.t_ref))
     state.pop = {k: v * f_pop for k, v in state.pop.items() if v * f_pop > 0}
     state.count = {k: v * f_co for k, v in state.count.items() if v * f_co > 0}
     cooc = {k: {j: c * f_co for j, c in row.items() if c * f_co > 0} for k, row in state.cooc.items()}
     state.cooc = {k: row for k, row in cooc.items() if row}
+    seq = {k: {j: c * f_co for j, c in row.items() if c * f_co > 0} for k, row in state.seq.items()}
+    state.seq = {k: row for k, row in seq.items() if row}
     state.t_ref = t
 
 
@@ -133,6 +143,8 @@ def observe(state: CollabState, item_id: str, previous: Sequence[str], ts: float
     state.events += 1
     state.pop[item_id] = state.pop.get(item_id, 0.0) + g_pop
     state.count[item_id] = state.count.get(item_id, 0.0) + g_co
+    cap = 2 * params.max_neighbours
+    _count_transitions(state, item_id, previous, g_co, params, cap)
     window = previous[-params.window :]
     if not window:
         return
@@ -140,7 +152,6 @@ def observe(state: CollabState, item_id: str, previous: Sequence[str], ts: float
     row = cooc.get(item_id)
     if row is None:
         row = cooc[item_id] = {}
-    cap = 2 * params.max_neighbours
     for other in window:
         if other == item_id:
             continue
@@ -155,20 +166,42 @@ def observe(state: CollabState, item_id: str, previous: Sequence[str], ts: float
         cooc[item_id] = _prune(row, params.max_neighbours)
 
 
-def cooc_scores(state: CollabState, recent: Sequence[str], params: CollabParams) -> dict[str, float]:
-    """ItemKNN-style score of every neighbour of the user's recent items (newest last), see the module docstring."""
+def _count_transitions(
+    state: CollabState, item_id: str, previous: Sequence[str], g: float, params: CollabParams, cap: int
+) -> None:
+    """Directed transitions into item_id from the user's last seq_window items: seq[prev][item] += g * decay^(d-1).
+
+    d = 1 for the item just before, 2 for the one before that, ... (O(seq_window) per event).
+    """
+    w = g
+    seq = state.seq
+    for d in range(1, min(params.seq_window, len(previous)) + 1):
+        prev = previous[-d]
+        if prev != item_id:
+            row = seq.get(prev)
+            if row is None:
+                row = seq[prev] = {}
+            row[item_id] = row.get(item_id, 0.0) + w
+            if len(row) >= cap:
+                seq[prev] = _prune(row, params.max_neighbours)
+        w *= params.seq_distance_decay
+
+
+def _neighbour_scores(
+    rows: dict[str, dict[str, float]], count: dict[str, float], recent: Sequence[str], query_items: int,
+    recency: float, beta: float,
+) -> dict[str, float]:
+    """sum_k recency^k * c(h_k, j) / (n(h_k)^0.5 * n(j)^beta) over the newest query_items recent items h_k."""
     acc: dict[str, float] = {}
     weight = 1.0
-    count = state.count
-    for h in reversed(recent[-params.query_items :]):
-        row = state.cooc.get(h)
+    for h in reversed(recent[-query_items:]):
+        row = rows.get(h)
         n_h = count.get(h, 0.0)
         if row and n_h > 0:
             w = weight / math.sqrt(n_h)
             for j, c in row.items():
                 acc[j] = acc.get(j, 0.0) + w * c
-        weight *= params.recency
-    beta = params.neighbour_pop_exponent
+        weight *= recency
     if beta:
         for j in acc:
             n_j = count.get(j)
@@ -177,66 +210,60 @@ def cooc_scores(state: CollabState, recent: Sequence[str], params: CollabParams)
     return acc
 
 
-def popularity(state: CollabState, item_ids: Iterable[str]) -> np.ndarray:
-    """Decayed popularity of each item (common scale, 0 for unseen items)."""
-    pop = state.pop
-    return np.fromiter((pop.get(i, 0.0) for i in item_ids), dtype=np.float64)
+def cooc_scores(state: CollabState, recent: Sequence[str], params: CollabParams) -> dict[str, float]:
+    """ItemKNN-style score of every neighbour of the user's recent items (newest last), see the module docstring."""
+    return _neighbour_scores(state.cooc, state.count, recent, params.query_items, params.recency,
+                             params.neighbour_pop_exponent)
+
+
+def seq_scores(state: CollabState, recent: Sequence[str], params: CollabParams) -> dict[str, float]:
+    """Directed-transition score of every successor of the user's recent items (newest last)."""
+    return _neighbour_scores(state.seq, state.count, recent, params.seq_query_items, params.seq_recency,
+                             params.seq_neighbour_pop_exponent)
+
+
+def strongest_source(
+    rows: dict[str, dict[str, float]], recent: Sequence[str], item_id: str, query_items: int, recency: float,
+    count: dict[str, float],
+) -> str | None:
+    """The recent item whose term contributes most to item_id's neighbour score (for "why this item")."""
+    best, best_value, weight = None, 0.0, 1.0
+    for h in reversed(recent[-query_items:]):
+        n_h = count.get(h, 0.0)
+        c = rows.get(h, {}).get(item_id, 0.0)
+        if n_h > 0 and c > 0 and weight * c / math.sqrt(n_h) > best_value:
+            best, best_value = h, weight * c / math.sqrt(n_h)
+        weight *= recency
+    return best
+
+
+def explain_sources(state: CollabState, recent: Sequence[str], item_id: str, params: CollabParams) -> dict[str, str | None]:
+    """Which recent item the co-occurrence and the sequence score of item_id come from (None: no contribution)."""
+    return {
+        "cooc_from": strongest_source(state.cooc, recent, item_id, params.query_items, params.recency, state.count),
+        "seq_from": strongest_source(state.seq, recent, item_id, params.seq_query_items, params.seq_recency,
+                                     state.count),
+    }
 
 
 def top_popular(state: CollabState, n: int) -> list[str]:
-    """The n most popular items right now (decay shares one scale, so stored values order correctly)."""
-    return [k for k, _ in heapq.nlargest(n, state.pop.items(), key=lambda kv: kv[1])]
+    """The n most popular items right now, ties by item id (decay shares one scale, so stored values order)."""
+    if n <= 0:
+        return []
+    return [k for k, _ in heapq.nsmallest(n, state.pop.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
-def top_cooc(state: CollabState, recent: Sequence[str], params: CollabParams, n: int) -> list[str]:
-    """The n items that co-occur most with the user's recent items (the stream adds them to its candidate pool)."""
-    scores = cooc_scores(state, recent, params)
-    return [k for k, _ in heapq.nlargest(n, scores.items(), key=lambda kv: kv[1])]
+def support(state: CollabState, item_ids: Sequence[str], params: CollabParams) -> dict[str, float]:
+    """Each item's interaction count, decayed to the counters' latest time (co-occurrence half-life; 0 if unseen):
+    how much the counters know about it."""
+    if state.t_ref is None:
+        return {i: 0.0 for i in item_ids}
+    f = math.exp(-_rate(params.cooc_half_life_hours) * (state.last_ts - state.t_ref))
+    count = state.count
+    return {i: count.get(i, 0.0) * f for i in item_ids}
 
 
-def text_affinity(item_vectors: np.ndarray, slot_vectors: np.ndarray, slot_weights: np.ndarray) -> np.ndarray:
-    """Per item, max over slots of slot_weight * cosine: the score ranking.merge_slot_hits gives (zeros without interest)."""
-    item_vectors = np.asarray(item_vectors, dtype=np.float32)
-    if len(slot_weights) == 0:
-        return np.zeros(item_vectors.shape[0], dtype=np.float64)
-    sims = (item_vectors @ np.asarray(slot_vectors, dtype=np.float32).T).astype(np.float64)
-    return (sims * np.asarray(slot_weights, dtype=np.float64)[None, :]).max(axis=1)
-
-
-def _scaled(x: np.ndarray) -> np.ndarray:
-    """x / max(x), zeros when nothing is positive."""
-    top = float(x.max()) if x.size else 0.0
-    return x / top if top > 0 else np.zeros_like(x)
-
-
-def blend(text: np.ndarray, cooc: np.ndarray, pop: np.ndarray, params: CollabParams) -> np.ndarray:
-    """Re-ranking score of a candidate pool from its text affinity, co-occurrence and popularity arrays."""
-    text = np.asarray(text, dtype=np.float64)
-    score = params.cooc_weight * _scaled(np.asarray(cooc, dtype=np.float64))
-    score += params.pop_weight * _scaled(np.asarray(pop, dtype=np.float64))
-    if text.size and params.text_weight:
-        score += params.text_weight * np.exp((text - text.max()) / params.text_temperature)
-    return score
-
-
-def rerank(
-    candidates: Sequence[str],
-    text: np.ndarray,
-    state: CollabState,
-    recent: Sequence[str],
-    params: CollabParams,
-    exclude: Collection[str],
-    k: int,
-) -> list[tuple[str, float]]:
-    """Top k (item_id, blended score) of a candidate pool with its text affinities, skipping excluded ids."""
-    co = cooc_scores(state, recent, params)
-    cooc = np.fromiter((co.get(c, 0.0) for c in candidates), dtype=np.float64, count=len(candidates))
-    score = blend(text, cooc, popularity(state, candidates), params)
-    order = np.argsort(-score, kind="stable")
-    out: list[tuple[str, float]] = []
-    for i in order:
-        if candidates[i] not in exclude:
-            out.append((candidates[i], float(score[i])))
-            if len(out) == k:
-                break
-    return out
+def popularity(state: CollabState, item_ids: Sequence[str]) -> list[float]:
+    """Decayed popularity of each item (common scale, 0 for unseen items)."""
+    pop = state.pop
+    return [pop.get(i, 0.0) for i in item_ids]

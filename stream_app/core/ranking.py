@@ -1,4 +1,22 @@
-"""Turn per-interest-slot search hits into one top-k list (pure; no I/O).
+"""The one ranking function: a user's candidate pool, exclusions and blend (pure; no I/O).
+
+The stream (Pipeline.recommend) and the evaluator's default model both call `candidate_pool` then `rank`; what
+the evaluator measures is what the stream sends. Inputs, for one user:
+- text hits: the user's interest-slot search hits merged by merge_slot_hits (Qdrant, or exact numpy search
+  offline), excluded items already dropped, the best `pool` of them;
+- cooc / seq: stream_app.core.collab's co-occurrence and directed-sequence scores (dicts over neighbours);
+- popular: items by popularity, best first (long enough to leave `pool` after the user's exclusions);
+- exclusions: the user's exclusion set (interest.exclusions), however long the history.
+Pool = the best `pool` non-excluded items of each signal (text, co-occurrence, sequence, popularity), in that
+order, deduplicated. Every normaliser below is a max over the pool, which holds each signal's best non-excluded
+item, so a score never depends on which other candidates happened to be fetched. For pool item j:
+
+    score(j) = (text_weight + cold_text_weight * exp(-n(j) / cold_support)) * exp((text(j) - max text) / text_temperature)
+             + cooc_weight * cooc(j) / max cooc + seq_weight * seq(j) / max seq + pop_weight * pop(j) / max pop
+
+with text(j) = max_s w_s <e_j, v_s> recomputed from the item's stored vector (so the store's float rounding
+never reaches the score) and n(j) the item's (decayed) interaction count, collab.support: an item the counters
+know little about (a new item) leans on its text. Ties break by item id. `rank` returns each item's parts for "why this item".
 
 An item's score is the MAX over slots of slot_weight * similarity, not the weighted sum: an item is as good as
 its best match to one interest; a sum would reward items that happen to make several slots' truncated hit lists
@@ -10,13 +28,81 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from stream_app.settings import Settings
+
+
+def _default(name: str):
+    """The default of a Settings field: Settings is the one place defaults are written."""
+    from stream_app.settings import Settings  # noqa: PLC0415 - keeps this module importable without pydantic work
+
+    return Settings.model_fields[name].default
+
+
+@dataclass(frozen=True)
+class RankParams:
+    """Pool size and blend weights (defaults: the Settings fields named in FIELDS)."""
+
+    pool: int = field(default_factory=lambda: _default("rank_pool"))
+    text_weight: float = field(default_factory=lambda: _default("blend_text_weight"))
+    cooc_weight: float = field(default_factory=lambda: _default("blend_cooc_weight"))
+    seq_weight: float = field(default_factory=lambda: _default("blend_seq_weight"))
+    pop_weight: float = field(default_factory=lambda: _default("blend_pop_weight"))
+    text_temperature: float = field(default_factory=lambda: _default("blend_text_temperature"))
+    cold_text_weight: float = field(default_factory=lambda: _default("blend_cold_text_weight"))
+    cold_support: float = field(default_factory=lambda: _default("blend_cold_support"))
+
+    FIELDS = {
+        "pool": "rank_pool",
+        "text_weight": "blend_text_weight",
+        "cooc_weight": "blend_cooc_weight",
+        "seq_weight": "blend_seq_weight",
+        "pop_weight": "blend_pop_weight",
+        "text_temperature": "blend_text_temperature",
+        "cold_text_weight": "blend_cold_text_weight",
+        "cold_support": "blend_cold_support",
+    }
+
+    def __post_init__(self) -> None:
+        """Reject values that make the blend meaningless."""
+        if self.pool < 1:
+            raise ValueError(f"pool must be >= 1, got {self.pool}")
+        if not self.text_temperature > 0:
+            raise ValueError(f"text_temperature must be > 0, got {self.text_temperature}")
+        if not self.cold_support > 0:
+            raise ValueError(f"cold_support must be > 0, got {self.cold_support}")
+        if min(self.text_weight, self.cooc_weight, self.seq_weight, self.pop_weight, self.cold_text_weight) < 0:
+            raise ValueError("blend weights must be >= 0")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RankParams:
+        """Read rank_pool and the blend_* settings."""
+        return cls(**{f: getattr(settings, s) for f, s in cls.FIELDS.items()})
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One recommended item: its score and the parts it is the sum of (for "why this item")."""
+
+    item_id: str
+    score: float
+    text: float  # text_weight * exp(...) part
+    slot: int  # the interest slot the text affinity comes from (-1: the user has no slot)
+    cooc: float  # cooc_weight * normalised co-occurrence part
+    seq: float  # seq_weight * normalised sequence part
+    pop: float  # pop_weight * normalised popularity part
 
 
 def _as_set(exclude: Collection[str]) -> Collection[str]:
     """exclude as something with O(1) membership."""
-    return exclude if isinstance(exclude, (set, frozenset, dict)) else set(exclude)
+    if isinstance(exclude, (set, frozenset, dict)) or not hasattr(exclude, "__iter__"):
+        return exclude  # already O(1) membership (e.g. interest.Exclusions, which hashes ids)
+    return set(exclude)
 
 
 def _top_k(scores: Mapping[str, float], k: int) -> list[tuple[str, float]]:
@@ -64,3 +150,83 @@ def popular_items(counts: Mapping[str, float], exclude: Collection[str], k: int)
         if value > 0 and item_id not in excluded:
             scores[item_id] = value
     return _top_k(scores, k)
+
+
+def _best_unexcluded(scores: Mapping[str, float], exclude: Collection[str], n: int) -> list[str]:
+    """The n best positive-scored ids not excluded (score descending, then id)."""
+    return [i for i, _ in _top_k({i: v for i, v in scores.items() if v > 0 and i not in exclude}, n)]
+
+
+def candidate_pool(
+    text_hits: Mapping[str, float],
+    cooc: Mapping[str, float],
+    seq: Mapping[str, float],
+    popular: Sequence[str],
+    exclude: Collection[str],
+    params: RankParams,
+) -> list[str]:
+    """The user's candidates: the best params.pool non-excluded items of each signal, deduplicated, in order."""
+    n = params.pool
+    text = [i for i, _ in _top_k({i: v for i, v in text_hits.items() if i not in exclude}, n)]
+    pop: list[str] = []
+    for item_id in popular:
+        if len(pop) == n:
+            break
+        if item_id not in exclude:
+            pop.append(item_id)
+    pool = dict.fromkeys(text)
+    for part in (_best_unexcluded(cooc, exclude, n), _best_unexcluded(seq, exclude, n), pop):
+        pool.update(dict.fromkeys(part))
+    return list(pool)
+
+
+def text_affinity(item_vectors: np.ndarray, slot_vectors: np.ndarray, slot_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per item, max over slots of slot_weight * cosine and the slot reaching it (zeros and -1 without slots)."""
+    item_vectors = np.asarray(item_vectors, dtype=np.float32).reshape(-1, np.asarray(slot_vectors).shape[-1])
+    n = item_vectors.shape[0]
+    if len(slot_weights) == 0 or n == 0:
+        return np.zeros(n, dtype=np.float64), np.full(n, -1, dtype=np.int64)
+    sims = (item_vectors @ np.asarray(slot_vectors, dtype=np.float32).T).astype(np.float64)
+    weighted = sims * np.asarray(slot_weights, dtype=np.float64)[None, :]
+    return weighted.max(axis=1), weighted.argmax(axis=1)
+
+
+def _scaled(x: np.ndarray) -> np.ndarray:
+    """x / max(x), zeros when nothing is positive."""
+    top = float(x.max()) if x.size else 0.0
+    return x / top if top > 0 else np.zeros_like(x)
+
+
+def rank(
+    pool: Sequence[str],
+    vectors: Mapping[str, np.ndarray],
+    slot_vectors: np.ndarray,
+    slot_weights: np.ndarray,
+    cooc: Mapping[str, float],
+    seq: Mapping[str, float],
+    pop: Mapping[str, float],
+    support: Mapping[str, float],
+    params: RankParams,
+    k: int,
+) -> list[Ranked]:
+    """The user's top k of the pool by the blend (module docstring); pool items without a vector (not in the
+    catalogue any more) are dropped first."""
+    items = [i for i in pool if i in vectors]
+    if not items or k <= 0:
+        return []
+    dim = np.asarray(slot_vectors).shape[-1] if len(slot_weights) else len(np.asarray(vectors[items[0]]).reshape(-1))
+    mat = np.stack([np.asarray(vectors[i], np.float32).reshape(-1) for i in items]) if len(slot_weights) \
+        else np.zeros((len(items), dim), np.float32)
+    text, slot = text_affinity(mat, np.asarray(slot_vectors).reshape(-1, dim), slot_weights)
+    parts_cooc = params.cooc_weight * _scaled(np.fromiter((cooc.get(i, 0.0) for i in items), np.float64, len(items)))
+    parts_seq = params.seq_weight * _scaled(np.fromiter((seq.get(i, 0.0) for i in items), np.float64, len(items)))
+    parts_pop = params.pop_weight * _scaled(np.fromiter((pop.get(i, 0.0) for i in items), np.float64, len(items)))
+    text_weight = params.text_weight
+    if params.cold_text_weight:  # items the counters know little about lean on the text
+        n = np.fromiter((support.get(i, 0.0) for i in items), np.float64, len(items))
+        text_weight = text_weight + params.cold_text_weight * np.exp(-n / params.cold_support)
+    parts_text = text_weight * np.exp((text - text.max()) / params.text_temperature)
+    score = parts_text + parts_cooc + parts_seq + parts_pop
+    order = sorted(range(len(items)), key=lambda r: (-score[r], items[r]))[:k]
+    return [Ranked(items[r], float(score[r]), float(parts_text[r]), int(slot[r]), float(parts_cooc[r]),
+                   float(parts_seq[r]), float(parts_pop[r])) for r in order]

@@ -77,7 +77,7 @@ def count_events(state: SignalState, events: Iterable[BehaviourEvent], params: C
         if e.item_id in previous:
             previous.remove(e.item_id)
         previous.append(e.item_id)
-        del previous[: -params.window]
+        del previous[: -max(params.window, params.seq_window)]  # what co-occurrence and sequence counting read
     return counted
 
 

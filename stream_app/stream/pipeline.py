@@ -23,8 +23,8 @@ from stream_app.core.events import BehaviourEvent, ItemEvent
 from stream_app.core import collab
 from stream_app.core.collab import CollabParams, CollabState
 from stream_app.stream.metrics import Metrics
-from stream_app.core.interest import InterestParams, UserState, apply_event, consumed_items, interest_vectors
-from stream_app.core.ranking import merge_slot_hits
+from stream_app.core.interest import InterestParams, UserState, apply_event, consumed_items, exclusions, interest_vectors
+from stream_app.core.ranking import RankParams, candidate_pool, merge_slot_hits, rank
 from stream_app.settings import Settings
 from stream_app.adapters.vectorstore import Hit, ItemRecord, ItemStore, open_item_store
 
@@ -116,7 +116,8 @@ class Pipeline:
         self.store = store
         self.item_vectors = LRUCache(settings.item_cache_size)
         self.cparams = CollabParams.from_settings(settings)
-        # Co-occurrence and popularity of the whole stream, fed (and replaced on start) by stream_app.stream.replica.
+        self.rparams = RankParams.from_settings(settings)
+        # Co-occurrence, sequence and popularity of the whole stream, fed (and replaced on start) by stream_app.stream.replica.
         self.collab = CollabState()
         self.metrics = Metrics(top_k=settings.top_k)
         self.last_recommendations: OrderedDict[str, Recommendation] = OrderedDict()
@@ -285,18 +286,19 @@ class Pipeline:
         self.metrics.forget_user(user_id)
 
     async def recommend(self, states: dict[str, UserState], now: float) -> dict[str, Recommendation]:
-        """Top-k per user: slot search (one batched call) + co-occurring + popular candidates, re-ranked by the blend.
-
-        The same pieces as the evaluator's default model (stream_app.evaluate.Blend): text affinity of the
-        interest slots (ranking.merge_slot_hits over Qdrant hits), collab co-occurrence and popularity, collab.rerank.
+        """Top-k per user by the one ranking function (stream_app.core.ranking.candidate_pool + rank), the same calls
+        the evaluator's default model makes: slot search (one batched store call) merged by merge_slot_hits,
+        co-occurrence, sequence and popularity candidates, the user's whole exclusion set, the blend.
         """
-        assert self.store is not None
-        k = self.settings.top_k
+        if self.store is None:
+            raise RuntimeError("Pipeline.start() first")
+        k, rp = self.settings.top_k, self.rparams
         slots = {u: interest_vectors(s, now, self.params) for u, s in states.items()}
         recent = {u: consumed_items(s) for u, s in states.items()}
+        excluded = {u: exclusions(s) for u, s in states.items()}
         owners = [u for u in states if len(slots[u][1])]
-        # Post-filter instead of per-user Qdrant filters: one batched call, exact while limit >= k + |consumed|.
-        limit = k + max((len(recent[u]) for u in states), default=0)
+        # Post-filter instead of per-user store filters: one batched call, exact while limit >= pool + |excluded|.
+        limit = rp.pool + max((len(excluded[u]) for u in states), default=0)
         hits_by_row = []
         if owners:
             t0 = time.perf_counter()
@@ -306,7 +308,7 @@ class Pipeline:
                                                       limit, payload_fields=["title"])
             self.metrics.observe_search((time.perf_counter() - t0) * 1e3)
             self.metrics.store_searches += 1
-        text: dict[str, dict[str, float]] = {u: {} for u in states}
+        text_hits: dict[str, dict[str, float]] = {u: {} for u in states}
         payloads: dict[str, dict] = {}
         row = 0
         for u in owners:
@@ -314,29 +316,31 @@ class Pipeline:
             hit_lists = hits_by_row[row:row + n]
             row += n
             payloads.update({h.item_id: h.payload for hits in hit_lists for h in hits})
-            text[u] = dict(merge_slot_hits([[(h.item_id, h.score) for h in hits] for hits in hit_lists], slots[u][1],
-                                           set(recent[u]), limit))
-        popular = collab.top_popular(self.collab, limit)  # enough for k after any user's exclusions
-        extras = {u: [i for i in dict.fromkeys(collab.top_cooc(self.collab, recent[u], self.cparams, k) + popular)
-                      if i not in text[u]] for u in states}
-        # Counter items come from the stream, not the store: keep only those the catalogue still holds.
-        # One round trip (cache first) brings their payloads and the vectors their text affinity needs.
-        extra_records = await self.records_for(sorted({i for lst in extras.values() for i in lst}))
-        for i, record in extra_records.items():
+            text_hits[u] = dict(merge_slot_hits([[(h.item_id, h.score) for h in hits] for hits in hit_lists],
+                                                slots[u][1], excluded[u], rp.pool))
+        popular = collab.top_popular(self.collab, limit)  # enough for the pool after any user's exclusions
+        cooc = {u: collab.cooc_scores(self.collab, recent[u], self.cparams) for u in states}
+        seq = {u: collab.seq_scores(self.collab, recent[u], self.cparams) for u in states}
+        pools = {u: candidate_pool(text_hits[u], cooc[u], seq[u], popular, excluded[u], rp) for u in states}
+        # Counter items come from the stream, not the store: only items with a stored record are in the catalogue.
+        # One round trip (cache first) brings the vectors every pool item's text affinity needs and the payloads.
+        records = await self.records_for(sorted({i for pool in pools.values() for i in pool}))
+        for i, record in records.items():
             payloads.setdefault(i, record.payload)
-        extra_vectors = {i: extra_records[i].vector for u in owners for i in extras[u] if i in extra_records}
+        vectors = {i: record.vector for i, record in records.items()}
+        known = collab.support(self.collab, sorted(vectors), self.cparams)
+        ranked = {u: rank(pools[u], vectors, *slots[u], cooc[u], seq[u], self.collab.pop, known, rp, k) for u in states}
         out: dict[str, Recommendation] = {}
         for u in states:
-            vecs, weights = slots[u]
-            pool_extra = [i for i in extras[u] if i in payloads and (i in extra_vectors or not len(weights))]
-            extra_text = collab.text_affinity(np.stack([extra_vectors[i] for i in pool_extra]), vecs, weights) \
-                if pool_extra and len(weights) else np.zeros(len(pool_extra))
-            candidates = list(text[u]) + pool_extra
-            affinity = np.concatenate([np.fromiter(text[u].values(), float, len(text[u])), extra_text])
-            ranked = collab.rerank(candidates, affinity, self.collab, recent[u], self.cparams, set(recent[u]), k)
+            weights = slots[u][1]
+            items = []
+            for r in ranked[u]:
+                why = {"text": r.text, "slot": r.slot, "cooc": r.cooc, "seq": r.seq, "pop": r.pop}
+                why = {key: value if key == "slot" else float(f"{value:.4g}") for key, value in why.items()}
+                why.update(collab.explain_sources(self.collab, recent[u], r.item_id, self.cparams))
+                items.append({"item_id": r.item_id, "score": float(f"{r.score:.6g}"),
+                              "title": payloads.get(r.item_id, {}).get("title", ""), "why": why})
             strategy = "blend" if len(weights) else "popular"
-            items = [{"item_id": i, "score": float(f"{sc:.6g}"), "title": payloads.get(i, {}).get("title", "")}
-                     for i, sc in ranked]
             out[u] = Recommendation(u, items, strategy, [round(float(w), 4) for w in weights])
         bestsellers = collab.top_popular(self.collab, limit)  # the online evaluation's baseline list
         for user_id, rec in out.items():

@@ -91,6 +91,64 @@ async def test_cold_user_gets_popular_items_and_deleted_ones_never(pipeline):
     assert "t3" not in {i["item_id"] for i in rec.items}
 
 
+# ---- parity: what the stream sends is what the evaluator measures ---------------------------------------------
+
+
+@pytest.mark.parametrize("pool", [200, 3])
+async def test_stream_and_evaluator_rank_identically(tmp_path, pool):
+    """Replay the tiny RecBole fixture both ways: through Pipeline.recommend (real encoder, embedded store; the
+    counters fed by signal_state.count_events as the stream's signal replica does) and through the evaluator's
+    default model; before every event both rank for that event's user: same lists."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from stream_app.offline.cli import build_models
+    from stream_app.offline.datasets import read_atomic
+    from stream_app.offline.protocol import Query, event_types
+    from stream_app.offline.replay import Replay, replay
+    from stream_app.core.signal_state import SignalState, count_events
+
+    data = read_atomic(Path(__file__).resolve().parents[1] / "fixtures" / "tiny")
+    settings = Settings(data_dir=tmp_path, top_k=5, rank_pool=pool)
+    p = Pipeline(settings, encoder=TextEncoder(ensure_model(settings), int8=False))
+    await p.start()
+    try:
+        await p.index_items([ItemEvent(i, text, "", "", (), False) for i, text in zip(data.item_ids, data.item_texts)])
+        signal = SignalState()
+        p.collab = signal.collab  # what stream_app.stream.replica does: the pipeline ranks with the signal's counters
+        stored = await p.item_vectors_for(list(data.item_ids))
+        emb = np.stack([stored[i] for i in data.item_ids])
+        types = event_types(data)
+        stream_lists, states = [], {}
+        for pos in range(len(data.items)):
+            user, item = data.user_ids[data.users[pos]], data.item_ids[data.items[pos]]
+            ts = float(data.timestamps[pos])
+            if user in states:
+                rec = (await p.recommend({user: states[user]}, now=ts))[user]
+                stream_lists.append([i["item_id"] for i in rec.items])
+            e = BehaviourEvent(f"e{pos}", user, types[pos], item, None, ts)
+            states[user] = p.update_state(states.get(user, new_state(p.dim)), [e], [stored[item]])
+            count_events(signal, [e], p.cparams)
+    finally:
+        await p.close()
+
+    default = build_models(data, emb.shape[1], settings, emb)[-1]
+    ctx = Replay(data, emb, types)
+    seen, eval_lists = set(), []
+    queries = []
+    for pos in range(len(data.items)):
+        u = int(data.users[pos])
+        if u in seen:
+            queries.append(Query(pos, u, int(data.items[pos]), float(data.timestamps[pos])))
+        seen.add(u)
+    replay(ctx, [default], queries, np.ones(len(data.items), bool), progress=False,
+           on_query=lambda q: eval_lists.append([r.item_id for r in default.ranked(ctx, q.user, q.now, 5)]))
+    assert len(stream_lists) == len(queries) == len(data.items) - data.n_users
+    assert stream_lists == eval_lists
+    assert any(len(lst) >= 3 for lst in stream_lists)
+
+
 async def test_search_excluding_is_exact_with_one_call_or_a_filtered_second(tmp_path):
     """Rows with few exclusions are post-filtered; a row whose exclusions eat into the pool is searched again."""
     import numpy as np

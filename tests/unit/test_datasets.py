@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_app.datasets import (
+from stream_app.offline.datasets import (
     ML100K_MEMBER,
     Interactions,
     ensure_ml100k,

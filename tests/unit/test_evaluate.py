@@ -1,4 +1,5 @@
-"""Replay evaluator: leave-one-out split, metrics, no future data in streaming mode, end-to-end CLI run."""
+"""Replay evaluator: leave-one-out split, cold-item targets, metrics, no future data in streaming mode, exclusion of a
+long history, end-to-end CLI run."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_app import evaluate as ev
-from stream_app.datasets import Interactions, read_atomic
+from stream_app.offline import cli as ev_cli
+from stream_app.offline import protocol as ev
+from stream_app.offline.datasets import Interactions, read_atomic
+from stream_app.offline.replay import Replay, replay
 from stream_app.settings import Settings
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny"
@@ -121,7 +124,7 @@ def test_streaming_mode_sees_no_future_data() -> None:
     emb = unit_rows(30)
     results = {}
     for name, data, mode in (("full", full, "streaming"), ("cut", cut, "streaming"), ("standard", full, "standard")):
-        results[name] = ev.evaluate(data, emb, settings, mode, progress=False)
+        results[name] = ev_cli.evaluate(data, emb, settings, mode, progress=False)["all"]["models"]
     for model in results["full"]:
         for metric in ev.METRICS:
             assert results["full"][model][metric] == results["cut"][model][metric], (model, metric)
@@ -135,10 +138,11 @@ def test_streaming_mode_sees_no_future_data() -> None:
 def test_collab_counters_only_grow_from_applied_events(tiny: Interactions) -> None:
     t = ev.leave_one_out(tiny)
     qs, applied = ev.queries_for(tiny, t, "test", "streaming")
-    ctx = ev.Replay(tiny, unit_rows(tiny.n_items), ev.event_types(tiny))
-    blend = ev.build_models(tiny, 16, Settings())[-1]
+    emb = unit_rows(tiny.n_items)
+    ctx = Replay(tiny, emb, ev.event_types(tiny))
+    blend = ev_cli.build_models(tiny, 16, Settings(), emb)[-1]
     seen: list[int] = []
-    ev.replay(ctx, [blend], qs, applied, on_query=lambda q: seen.append(blend.collab.events), progress=False)
+    replay(ctx, [blend], qs, applied, on_query=lambda q: seen.append(blend.collab.events), progress=False)
     assert seen == [q.pos for q in qs]  # at each query, exactly the events before its position were counted
 
 
@@ -150,10 +154,11 @@ def test_cli_end_to_end_on_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("STREAM_APP_ENCODER_PROVIDER", "cpu")
     out = tmp_path / "res.json"
     args = ["--dataset", str(TINY), "--model", "all-MiniLM-L6-v2", "--no-progress"]
-    assert ev.main([*args, "--mode", "streaming", "--json", str(out)]) == 0
+    assert ev_cli.main([*args, "--mode", "streaming", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["dataset"] == "tiny" and res["mode"] == "streaming" and res["default"] == "blend"
-    assert set(res["models"]) == {"most-popular", "item-knn", "text-mean", "seed-attention", "blend"}
+    assert set(res["models"]) == {"most-popular", "item-knn (cosine, last 3)", "text-mean", "seed-attention", "blend"}
+    assert set(res["protocols"]) == {"all", "cold-items"} and res["protocols"]["all"]["targets"] == 4
     for m in res["models"].values():
         assert set(m) == {"hr@10", "ndcg@10", "hr@50", "seconds"}
         assert 0.0 <= m["ndcg@10"] <= m["hr@10"] <= m["hr@50"] <= 1.0
@@ -161,10 +166,63 @@ def test_cli_end_to_end_on_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert res["models"]["most-popular"]["hr@10"] == 1.0
     printed = capsys.readouterr().out
     assert "| model | HR@10 | NDCG@10 | HR@50 | seconds |" in printed and "blend (default)" in printed
+    assert "streaming, cold-items" in printed
     cache = list((tmp_path / "data" / "eval-cache").glob("tiny-all-MiniLM-L6-v2-*.npy"))
     assert len(cache) == 1 and np.load(cache[0]).shape == (9, 384)
 
-    assert ev.main([*args, "--json", str(out)]) == 0  # both modes, reusing the cached embeddings
+    assert ev_cli.main([*args, "--json", str(out)]) == 0  # both modes, reusing the cached embeddings
     both = json.loads(out.read_text())
     assert both["mode"] == "both" and [r["mode"] for r in both["runs"]] == ["standard", "streaming"]
     assert len(list((tmp_path / "data" / "eval-cache").glob("*.npy"))) == 1
+
+
+# ---- cold-item targets ---------------------------------------------------------------------------------------
+
+
+def test_cold_item_targets_on_fixture(tiny: Interactions) -> None:
+    # targets: u1 i4 (no earlier interaction), u2 i6 and u3 i7 (one each: u4's), u5 i1 (three: u3, u1, u2)
+    t = ev.leave_one_out(tiny)
+    for mode in ("standard", "streaming"):
+        qs, applied = ev.queries_for(tiny, t, "test", mode)
+        users = [tiny.user_ids[q.user] for q in qs]
+        cold = {th: {u for u, c in zip(users, ev.cold_mask(tiny, qs, applied, th)) if c} for th in (1, 2, 3, 4)}
+        assert cold == {1: {"u1"}, 2: {"u1", "u2", "u3"}, 3: {"u1", "u2", "u3"}, 4: {"u1", "u2", "u3", "u5"}}, mode
+    # validation, streaming: only earlier events count (u1's i2 follows u2's, u2's i3 follows u1's; u3's i5 and
+    # u5's i8 are first-ever interactions)
+    qs, applied = ev.queries_for(tiny, t, "valid", "streaming")
+    by_user = dict(zip((tiny.user_ids[q.user] for q in qs), ev.cold_mask(tiny, qs, applied, 1).tolist()))
+    assert by_user == {"u1": False, "u2": False, "u3": True, "u5": True}
+
+
+# ---- exclusion of a long history -----------------------------------------------------------------------------
+
+
+def test_long_history_is_excluded_whatever_its_length() -> None:
+    """A user with 250 consumed items (recent_items keeps 100) never gets any of them back, even the first ones,
+    which other users' co-occurrence and sequence counters push hard; the exclusion set survives the codec."""
+    from stream_app.core.interest import decode_state, encode_state, exclusions
+
+    n_items, heavy = 300, 250
+    events = [("A", f"i{k}", float(k)) for k in range(heavy)]
+    # other users go i0 -> i1 -> ... and i249 -> i0: the early items are A's strongest neighbours and successors
+    events += [(f"B{n}", f"i{k}", 1000.0 + 10 * n + k) for n in range(5) for k in (heavy - 1, 0, 1, 2, 3)]
+    events += [("A", "i299", 2000.0)]  # A's test target, so A is evaluated
+    data = make_data(events, n_items)
+    settings = Settings(recent_items=100)
+    emb = unit_rows(n_items)
+    default = ev_cli.build_models(data, emb.shape[1], settings, emb)[-1]
+    ctx = Replay(data, emb, ev.event_types(data))
+    t = ev.leave_one_out(data)
+    qs, applied = ev.queries_for(data, t, "test", "streaming")
+    got: dict[str, list[str]] = {}
+
+    def on_query(q) -> None:
+        if data.user_ids[q.user] == "A":
+            state = default.states[q.user]
+            assert len(state.recent) == 100 and len(exclusions(state)) == heavy
+            assert len(exclusions(decode_state(encode_state(state)))) == heavy
+            got["A"] = [r.item_id for r in default.ranked(ctx, q.user, q.now, 50)]
+
+    replay(ctx, [default], qs, applied, on_query=on_query, progress=False)
+    assert len(got["A"]) == 50
+    assert not set(got["A"]) & {f"i{k}" for k in range(heavy)}

@@ -130,6 +130,7 @@ def test_state_size_bounded_over_100k_events():
     log.info("100k events dim %d: %.1f us/event, encoded sizes %s", dim, 1e6 * elapsed / n, sizes)
     print(f"state bytes after each 10k events: {sizes}")
     bound = 32 + params.max_slots * (24 + 4 * dim) + params.recent_items * (2 + len("item-4999"))
+    bound += 8 + 8 * 5000  # the exclusion set: 8 bytes per distinct excluded item (5000 distinct ids here)
     assert max(sizes) <= bound
     assert state.n_slots <= params.max_slots and len(consumed_items(state)) == params.recent_items
     for arr in (state.log_offset, state.pos_mass, state.neg_mass, state.vectors):
@@ -369,7 +370,7 @@ def test_state_is_kilobytes():
     ids = [f"product-{i:06d}" for i in range(500)]
     size = len(encode_state(_replay(history, params, 384, ids)))
     print(f"dim 384, 3 slots, 100 recent ids: {size} bytes")
-    assert size < 3 * 384 * 4 + 100 * 20 + 200
+    assert size < 3 * 384 * 4 + 100 * 20 + 200 + 8 + 8 * 500  # + the exclusion set: 8 bytes per consumed item
 
 
 @settings(max_examples=200, deadline=None)
@@ -383,7 +384,11 @@ def test_decode_rejects_truncated_trailing_and_corrupted():
     params = InterestParams()
     state = _replay(_random_history(5, 20, 8, 2, 0.2, 0.2, 0.0), params, 8, [f"id{i}" for i in range(20)])
     data = encode_state(state)
+    sections_start = len(data) - (8 + 8 * len(state.excluded) if state.excluded else 0)
     for cut in range(len(data)):
+        if cut == sections_start:  # optional sections end where they start: a state without them is valid
+            assert decode_state(data[:cut]).excluded == frozenset()
+            continue
         with pytest.raises(ValueError):
             decode_state(data[:cut])
     with pytest.raises(ValueError):
@@ -403,6 +408,25 @@ def test_decode_rejects_truncated_trailing_and_corrupted():
     with pytest.raises(ValueError):
         decode_state(bytes(bad_vec))
     bad_utf8 = bytearray(data)
-    bad_utf8[-1] = 0xFF
+    bad_utf8[-1 - (8 + 8 * len(state.excluded) if state.excluded else 0)] = 0xFF  # the last byte of the last recent id (before the exclusions)
     with pytest.raises(ValueError):
         decode_state(bytes(bad_utf8))
+
+
+def test_exclusion_set_round_trips_and_states_without_it_still_decode():
+    """The exclusion section: every excluded item survives encoding; a state written before the section existed
+    decodes with an empty set."""
+    from stream_app.core.interest import exclusions
+
+    params = InterestParams(recent_items=3, exclude_types=frozenset({"purchase"}))
+    state = new_state(8)
+    vec = np.ones(8, np.float32)
+    for k in range(10):
+        state = apply_event(state, vec, "purchase" if k % 2 else "view", T0 + k, f"i{k}", params)
+    state = apply_event(state, vec, "dislike", T0 + 20, "d", params)  # dislike always excludes
+    back = decode_state(encode_state(state))
+    assert back.excluded == state.excluded and len(back.excluded) == 6 and len(back.recent) == 3
+    everything = [f"i{k}" for k in range(10)] + ["d"]
+    assert {i for i in everything if i in exclusions(back)} == {f"i{k}" for k in range(1, 10, 2)} | {"d"}
+    old = decode_state(encode_state(state)[: -(8 + 8 * 6)])
+    assert old.excluded == frozenset() and old.recent == state.recent

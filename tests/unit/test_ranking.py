@@ -81,3 +81,60 @@ def test_popular_items_fallback():
     assert popular_items({}, exclude=(), k=3) == []
     with pytest.raises(ValueError):
         popular_items({"a": float("inf")}, exclude=(), k=1)
+
+
+# ---- the one ranking function --------------------------------------------------------------------------------
+
+from stream_app.core.ranking import RankParams, candidate_pool, rank, text_affinity  # noqa: E402
+
+
+def test_pool_takes_each_signals_best_unexcluded_items() -> None:
+    p = RankParams(pool=2)
+    text = {"t1": 0.9, "t2": 0.8, "t3": 0.7, "x": 0.99}
+    cooc = {f"c{k}": float(10 - k) for k in range(5)} | {"x": 100.0}
+    seq = {"s1": 1.0, "t1": 5.0}
+    pool = candidate_pool(text, cooc, seq, ["x", "p1", "p2", "p3"], {"x", "c0"}, p)
+    # text t1,t2; cooc c1,c2 (c0 and x excluded, however high); seq t1 (dup), s1; popular p1,p2 (x excluded)
+    assert pool == ["t1", "t2", "c1", "c2", "s1", "p1", "p2"]
+
+
+def test_rank_blend_hand_computed_with_parts() -> None:
+    p = RankParams(pool=10, text_weight=1.0, cooc_weight=1.0, seq_weight=2.0, pop_weight=0.5, text_temperature=0.1,
+                   cold_text_weight=0.5, cold_support=2.0)
+    e = np.eye(3, dtype=np.float32)
+    vectors = {"a": e[0], "b": e[1], "c": (e[0] + e[1]) / np.sqrt(2)}
+    slots, weights = np.stack([e[0], e[1]]), np.array([0.6, 0.4])
+    cooc, seq, pop = {"b": 2.0, "c": 1.0}, {"a": 3.0}, {"a": 4.0, "c": 2.0}
+    support = {"a": 2.0, "b": 0.0}  # c: never seen
+    out = rank(["a", "b", "c", "gone"], vectors, slots, weights, cooc, seq, pop, support, p, k=5)
+    text = {"a": 0.6, "b": 0.4, "c": 0.6 / np.sqrt(2)}
+    tw = {i: 1.0 + 0.5 * np.exp(-support.get(i, 0.0) / 2.0) for i in text}
+    expect = {i: tw[i] * np.exp((text[i] - 0.6) / 0.1) + cooc.get(i, 0) / 2 + 2 * seq.get(i, 0) / 3 + 0.5 * pop.get(i, 0) / 4
+              for i in text}
+    assert [r.item_id for r in out] == sorted(expect, key=lambda i: -expect[i])  # "gone" has no vector: dropped
+    for r in out:
+        assert r.score == pytest.approx(expect[r.item_id])
+        assert r.score == pytest.approx(r.text + r.cooc + r.seq + r.pop)
+    assert {r.item_id: r.slot for r in out} == {"a": 0, "b": 1, "c": 0}
+    assert rank(["a"], vectors, slots, weights, {}, {}, {}, {}, p, k=0) == []
+
+
+def test_rank_without_slots_uses_counters_and_breaks_ties_by_id() -> None:
+    p = RankParams(pool=10, text_weight=0.1, cooc_weight=1.0, seq_weight=1.0, pop_weight=1.0)
+    vectors = {i: np.ones(4, np.float32) / 2 for i in "abc"}
+    out = rank(["c", "b", "a"], vectors, np.zeros((0, 4)), np.zeros(0), {}, {}, {"a": 1.0, "b": 1.0, "c": 2.0}, {}, p, 3)
+    assert [r.item_id for r in out] == ["c", "a", "b"] and all(r.slot == -1 for r in out)
+
+
+def test_text_affinity_matches_merge_slot_hits() -> None:
+    rng = np.random.default_rng(1)
+    items = rng.normal(size=(20, 8)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    slots, weights = items[:2] * 1.0, np.array([0.7, 0.3])
+    aff, slot = text_affinity(items, slots, weights)
+    ids = [str(i) for i in range(20)]
+    hits = [[(ids[j], float(items[j] @ v)) for j in range(20)] for v in slots]
+    merged = dict(merge_slot_hits(hits, weights, set(), 20))
+    assert [merged[i] for i in ids] == pytest.approx(aff.tolist(), abs=1e-6)
+    assert slot[0] == 0 and slot[1] == 1
+    assert text_affinity(items, np.zeros((0, 8)), np.zeros(0))[0].tolist() == [0.0] * 20

@@ -93,7 +93,7 @@ def test_snapshot_round_trip_and_resume(tmp_path):
 
 def test_user_windows_are_bounded():
     s = SignalState(max_users=3)
-    count_events(s, stream(200, seed=3), CollabParams(window=2))
+    count_events(s, stream(200, seed=3), CollabParams(window=2, seq_window=2))  # the window is the larger of the two
     assert len(s.seen) == 3 and set(s.recent) <= set(s.seen) and all(len(w) <= 2 for w in s.recent.values())
 
 

@@ -1,0 +1,133 @@
+"""`stream-app eval`: build the models, replay a dataset in each mode, print tables (all targets and cold-item
+targets), write JSON; `--tune` searches parameters on validation targets only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stream_app.core.collab import CollabParams
+from stream_app.core.interest import InterestParams
+from stream_app.offline.baselines import ITEMKNN_MAX_ITEMS, ItemKNN, MostPopular, SeedAttention, TextMean, seed_params
+from stream_app.offline.datasets import Interactions, load_dataset
+from stream_app.offline.protocol import COLD_THRESHOLD, cold_mask, event_types, leave_one_out, queries_for
+from stream_app.offline.replay import DEFAULT_NAME, Default, Model, Replay, item_embeddings, replay
+from stream_app.core.ranking import RankParams
+from stream_app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("all", "cold-items")
+EXCLUSION_NOTE = ("every item the user consumed before the target is excluded (exclude_types = all event types); "
+                  "the stream's default is the same, operators may allow viewed/carted items back")
+
+
+def build_models(data: Interactions, dim: int, settings: Settings, emb: np.ndarray | None = None) -> list[Model]:
+    """Baselines and the product default (last), fresh for one replay."""
+    index = {iid: i for i, iid in enumerate(data.item_ids)}
+    models: list[Model] = [MostPopular(data.n_items)]
+    if data.n_items <= ITEMKNN_MAX_ITEMS:
+        models.append(ItemKNN(data.n_items, data.n_users))
+    else:
+        log.warning("item-knn skipped: %d items is too many for its dense matrix", data.n_items)
+    models += [TextMean(), SeedAttention(data.n_users, dim, seed_params(settings), index)]
+    if emb is not None:
+        models.append(Default(data, emb, InterestParams.from_settings(settings), CollabParams.from_settings(settings),
+                              RankParams.from_settings(settings)))
+    return models
+
+
+def evaluate(
+    data: Interactions, emb: np.ndarray, settings: Settings, mode: str, progress: bool = True,
+    cold_threshold: int = COLD_THRESHOLD,
+) -> dict[str, dict]:
+    """Test-target metrics of every model in one replay of a mode: {protocol: {"targets": n, "models": summary}}."""
+    targets = leave_one_out(data)
+    queries, applied = queries_for(data, targets, "test", mode)
+    ctx = Replay(data, emb, event_types(data))
+    models = build_models(data, emb.shape[1], settings, emb)
+    result = replay(ctx, models, queries, applied, desc=mode, progress=progress)
+    cold = cold_mask(data, queries, applied, cold_threshold)
+    return {
+        "all": {"targets": len(queries), "models": result.summary()},
+        "cold-items": {"targets": int(cold.sum()), "threshold": cold_threshold, "models": result.summary(cold)},
+    }
+
+
+def markdown_table(dataset: str, mode: str, protocol: str, run: dict) -> str:
+    """Results of one mode and protocol as a markdown table."""
+    what = "leave-one-out test targets" if protocol == "all" else \
+        f"cold-item test targets: fewer than {run['threshold']} earlier interactions with the target item"
+    lines = [
+        f"**{dataset}, {mode}, {protocol}** ({what}; {run['targets']} targets; full ranking)",
+        "",
+        "| model | HR@10 | NDCG@10 | HR@50 | seconds |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, m in run["models"].items():
+        label = f"{name} (default)" if name == DEFAULT_NAME else name
+        lines.append(f"| {label} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} | {m['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of `stream-app eval`."""
+    p = argparse.ArgumentParser(prog="stream-app eval", description="Offline replay evaluation (leave-one-out, full ranking).")
+    p.add_argument("--dataset", default="ml-100k", help="ml-100k, or a folder holding <name>.inter and <name>.item")
+    p.add_argument("--mode", choices=["standard", "streaming", "both"], default="both")
+    p.add_argument("--protocol", choices=[*PROTOCOLS, "both"], default="both",
+                   help="all test targets, cold-item targets only, or both (one replay serves both)")
+    p.add_argument("--cold-threshold", type=int, default=COLD_THRESHOLD,
+                   help="cold-item targets: items with fewer earlier interactions than this")
+    p.add_argument("--model", help="encoder model name (default: settings.model_name)")
+    p.add_argument("--json", type=Path, help="write the results as JSON here")
+    p.add_argument("--tune", nargs="?", const="all", metavar="STAGES",
+                   help="search parameters on validation targets: all, or a comma-separated subset of "
+                        "interest,weights,cooc,beta,half_life,seq,blend,item-knn")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`stream-app eval`: replay a dataset, print markdown tables, optionally write JSON; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = Settings(model_name=args.model) if args.model else Settings()
+    t0, c0 = time.perf_counter(), time.process_time()
+    data = load_dataset(args.dataset)
+    emb = item_embeddings(data, settings)
+    log.info("dataset %s and %d embeddings ready in %.1fs", data.name, len(emb), time.perf_counter() - t0)
+    if args.tune:
+        from stream_app.offline.tuning import tune  # noqa: PLC0415 - only for --tune
+
+        tune(data, emb, settings, args.tune)
+        return 0
+    modes = ["standard", "streaming"] if args.mode == "both" else [args.mode]
+    protocols = list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
+    runs = []
+    for mode in modes:
+        t1, c1 = time.perf_counter(), time.process_time()
+        res = evaluate(data, emb, settings, mode, progress=not args.no_progress, cold_threshold=args.cold_threshold)
+        for protocol in protocols:
+            print(markdown_table(data.name, mode, protocol, res[protocol]) + "\n")
+        print(f"{mode}: {time.perf_counter() - t1:.1f}s wall, {time.process_time() - c1:.1f}s CPU\n")
+        chosen = {p: res[p] for p in protocols}
+        runs.append({"dataset": data.name, "mode": mode, "default": DEFAULT_NAME, "exclusion": EXCLUSION_NOTE,
+                     "models": chosen[protocols[0]]["models"], "protocols": chosen})
+    print(f"Exclusion: {EXCLUSION_NOTE}.")
+    print(f"total {time.perf_counter() - t0:.1f}s wall, {time.process_time() - c0:.1f}s CPU (model {settings.model_name})")
+    if args.json:
+        out = runs[0] if len(runs) == 1 else {"dataset": data.name, "mode": "both", "default": DEFAULT_NAME, "runs": runs}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""Evaluation protocol: leave-one-out split, queries per mode, cold-item targets, full-ranking metrics."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from stream_app.offline.datasets import Interactions
+
+CUTOFFS = (10, 50)
+METRICS = ("hr@10", "ndcg@10", "hr@50")
+RATING_TYPES = {1: "view", 2: "view", 3: "click", 4: "cart", 5: "purchase"}
+COLD_THRESHOLD = 5  # a cold-item target: its item had fewer than this many earlier interactions in the replay
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Leave-one-out targets: evaluated users and the global positions of their validation and test events."""
+
+    users: np.ndarray
+    valid_pos: np.ndarray
+    test_pos: np.ndarray
+
+
+def leave_one_out(data: Interactions) -> Targets:
+    """Last interaction of each user (>= 3 interactions) is the test target, the one before it validation."""
+    users, valid, test = [], [], []
+    for u, pos in enumerate(data.user_positions()):
+        if len(pos) >= 3:
+            users.append(u)
+            valid.append(int(pos[-2]))
+            test.append(int(pos[-1]))
+    return Targets(np.array(users, np.int64), np.array(valid, np.int64), np.array(test, np.int64))
+
+
+def event_types(data: Interactions) -> list[str]:
+    """Interest-model event type of each interaction: "view", or by rating when the data has ratings."""
+    if data.ratings is None:
+        return ["view"] * len(data.items)
+    out = []
+    for r in data.ratings.tolist():
+        out.append("view" if math.isnan(r) else RATING_TYPES[min(5, max(1, int(round(r))))])
+    return out
+
+
+_DISCOUNT = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(max(CUTOFFS)) + 2.0))])
+
+
+def rank_metrics(scores: np.ndarray, targets: np.ndarray, excluded: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-query HR@k/NDCG@k of one target among all items, ties as a random order's expectation.
+
+    scores (q, n) float, targets (q,) item index, excluded (q, n) bool (the target is a miss if excluded).
+    """
+    scores = np.where(excluded, -np.inf, np.nan_to_num(np.asarray(scores, np.float64), nan=-np.inf, posinf=np.inf, neginf=-np.inf))
+    rows = np.arange(scores.shape[0])
+    t = scores[rows, targets]
+    greater = (scores > t[:, None]).sum(axis=1)
+    ties = (scores == t[:, None]).sum(axis=1) - 1
+    valid = np.isfinite(t)
+    out: dict[str, np.ndarray] = {}
+    for k in CUTOFFS:
+        hit = np.clip(k - greater, 0, ties + 1) / (ties + 1)
+        last = np.minimum(greater + ties, k - 1)
+        ndcg = np.where(greater < k, (_DISCOUNT[np.maximum(last + 1, 0)] - _DISCOUNT[np.minimum(greater, k)]) / (ties + 1), 0.0)
+        out[f"hr@{k}"] = np.where(valid, hit, 0.0)
+        out[f"ndcg@{k}"] = np.where(valid, ndcg, 0.0)
+    return out
+
+
+@dataclass
+class Result:
+    """Per-query metric arrays and seconds spent, per model."""
+
+    metrics: dict[str, dict[str, list[float]]]
+    seconds: dict[str, float]
+
+    def summary(self, mask: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+        """Mean metrics (over the queries where mask is true, default all) and seconds of the whole run per model."""
+        def mean(values: list[float]) -> float:
+            arr = np.asarray(values, np.float64) if mask is None else np.asarray(values, np.float64)[mask]
+            return float(arr.mean()) if arr.size else 0.0
+
+        return {
+            name: {**{m: mean(v[m]) for m in METRICS}, "seconds": round(self.seconds[name], 3)}
+            for name, v in self.metrics.items()
+        }
+
+
+@dataclass(frozen=True)
+class Query:
+    """Rank for `user` right before global position `pos` (len(data) = after everything), target `item`."""
+
+    pos: int
+    user: int
+    item: int
+    now: float
+
+
+def queries_for(data: Interactions, targets: Targets, split: str, mode: str) -> tuple[list[Query], np.ndarray]:
+    """The queries of a split ("valid"/"test") in a mode, and which events the replay applies."""
+    pos = targets.valid_pos if split == "valid" else targets.test_pos
+    applied = np.ones(len(data.items), bool)
+    if mode == "standard":
+        applied[targets.test_pos] = False
+        if split == "valid":
+            applied[targets.valid_pos] = False
+        at = np.full(len(pos), len(data.items))
+    elif mode == "streaming":
+        at = pos
+    else:
+        raise ValueError(f"mode must be standard or streaming, not {mode!r}")
+    qs = [Query(int(a), int(u), int(data.items[p]), float(data.timestamps[p])) for a, u, p in zip(at, targets.users, pos)]
+    qs.sort(key=lambda q: q.pos)
+    return qs, applied
+
+
+
+
+def cold_mask(data: Interactions, queries: list[Query], applied: np.ndarray, threshold: int = COLD_THRESHOLD) -> np.ndarray:
+    """Per query: its target item had fewer than `threshold` interactions applied to the replay before the query
+    (standard mode: all replayed training events; streaming: the events earlier in global order)."""
+    positions = np.flatnonzero(applied)
+    items = data.items[positions]
+    order = np.argsort(items, kind="stable")
+    items, positions = items[order], positions[order]  # grouped by item, positions ascending within each item
+    starts = np.searchsorted(items, np.arange(data.n_items + 1))
+    out = np.zeros(len(queries), bool)
+    for n, q in enumerate(queries):
+        mine = positions[starts[q.item] : starts[q.item + 1]]
+        out[n] = int(np.searchsorted(mine, q.pos)) < threshold
+    return out
