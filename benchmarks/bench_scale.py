@@ -14,10 +14,6 @@ import asyncio
 import json
 import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -27,12 +23,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream_app.sample_data import load_catalogue
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from stream_app.stream.process import free_port, spawn_worker, stop_process
 
 
 def get_json(url: str) -> dict | None:
@@ -88,9 +79,7 @@ def run(n_workers: int, n_events: int, n_users: int, bootstrap: str, tmp: Path) 
             port, data = free_port(), tmp / f"{run_id}-{k}"
             data.mkdir()
             wenv = {**env, "STREAM_APP_DATA_DIR": str(data), "STREAM_APP_WEB_PORT": str(port)}
-            with open(data / "worker.log", "ab") as log:
-                procs.append(subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker", "--loglevel", "warn"],
-                                              env=wenv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(spawn_worker(wenv, data / "worker.log"))
             webs.append(f"http://127.0.0.1:{port}")
             if k == 0:
                 wait(lambda: get_json(f"{webs[0]}/replicas/") is not None, 300, "first worker")
@@ -125,13 +114,7 @@ def run(n_workers: int, n_events: int, n_users: int, bootstrap: str, tmp: Path) 
                 "recommendations": recs, "signal_behind_s": behind}
     finally:
         for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+            stop_process(p)
 
 
 def main() -> None:
