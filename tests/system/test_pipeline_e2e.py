@@ -199,6 +199,12 @@ def test_deleted_item_is_never_recommended_afterwards(worker):
     for rec in after:
         assert victim not in {i["item_id"] for i in rec["items"]}
         assert len(rec["items"]) == 10
+    # Put it back: the tests after this one share the worker and may name any catalogue item.
+    indexed_before = (worker.stats() or {})["items_indexed"]
+    original = next(i for i in load_catalogue() if i["item_id"] == victim)
+    asyncio.run(produce(bootstrap, worker.topic("items"), [(victim, as_json(original))]))
+    wait_until(lambda: (worker.stats() or {}).get("items_indexed", 0) > indexed_before, 60, "the re-added item",
+               worker.proc)
 
 
 def test_unchanged_catalogue_resend_is_not_encoded_again(worker):
