@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     blend_text_weight: float = Field(0.05, ge=0, description="Weight of the interest slots' text affinity.")
     blend_cooc_weight: float = Field(1.0, ge=0, description="Weight of the co-occurrence score.")
     blend_seq_weight: float = Field(0.5, ge=0, description="Weight of the directed sequence score.")
-    blend_pop_weight: float = Field(0.2, ge=0, description="Weight of popularity.")
+    blend_pop_weight: float = Field(0.0, ge=0, description="Weight of popularity (0: popularity only fills lists of users with no other signal; see README, Offline evaluation).")
     blend_text_temperature: float = Field(0.02, gt=0, description="Temperature of the text affinity's exp().")
     blend_cold_text_weight: float = Field(0.0, ge=0, description="Extra text weight of items with little support.")
     blend_cold_support: float = Field(5.0, gt=0, description="Interactions at which the extra text weight falls to 1/e.")
