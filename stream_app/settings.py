@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     encoder_provider: str = Field("auto", description="auto (CUDA when available), cuda or cpu.")
     encoder_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime decide.")
     encoder_batch_size: int = Field(64, ge=1)
+    encoder_timeout_s: float = Field(120.0, gt=0, description="Deadline of one call to the encoder thread (a batch is retried after it; a run still going after it makes /health answer 503).")
 
     # --- Interest model (dynamic attention) ---------------------------------------------------
     temperature: float = Field(0.1, gt=0, description="Softmax temperature tau of the attention scores.")
