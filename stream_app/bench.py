@@ -180,7 +180,7 @@ def encoder_main(argv: list[str] | None = None) -> int:
 
     from models.export import ensure_model  # noqa: PLC0415
     from models.fidelity import evaluation_sets, measure  # noqa: PLC0415
-    from stream_app.adapters.encoder import TextEncoder  # noqa: PLC0415
+    from stream_app.adapters.encoder import CUDA, TextEncoder  # noqa: PLC0415
     from stream_app.settings import Settings  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="python -m stream_app.bench encoder", description=encoder_main.__doc__)
@@ -208,13 +208,19 @@ def encoder_main(argv: list[str] | None = None) -> int:
         graphs["onnx int8 dynamic"] = (dynamic_int8_folder(model_dir, Path(tmp.name)), True)
     encoders = {n: TextEncoder(d, int8=flag, provider="cpu", threads=args.threads, batch_size=big)
                 for n, (d, flag) in graphs.items()}
+    # With onnxruntime-gpu (the [gpu] extra) and a GPU, the fp32 graph on CUDA is measured beside the CPU graphs
+    # (what the service serves there: int8 is a CPU-only speed-up).
+    cuda = CUDA in ort.get_available_providers()
+    if cuda:
+        encoders["onnx fp32 cuda"] = TextEncoder(model_dir, int8=False, provider="cuda", batch_size=big)
     served = "onnx int8 static" if settings.encoder_int8 else "onnx fp32"
     engines: dict[str, Callable[[list[str]], object]] = {n: e.encode for n, e in encoders.items()}
     fp32 = encoders["onnx fp32"]
     titles, reviews = bench_titles(2000), bench_reviews(600)
     sets = {"titles": titles, "reviews": reviews}
     tokens = {k: np.mean([len(x) for x in fp32.tokenize(v[:200])]) for k, v in sets.items()}
-    print(f"encoder bench: {args.model} ({model_dir}), onnxruntime {ort.__version__} CPU, "
+    print(f"encoder bench: {args.model} ({model_dir}), onnxruntime {ort.__version__}, "
+          f"{'CUDA and CPU' if cuda else 'CPU (no CUDAExecutionProvider in this onnxruntime build: no GPU figures)'}, "
           f"threads={args.threads or 'default'}, {os.cpu_count()} cpus, load avg {os.getloadavg()[0]:.2f}")
     print(f"titles: mean {tokens['titles']:.1f} tokens; reviews: mean {tokens['reviews']:.1f} tokens; "
           f"texts/s is the best of 3 rounds per cell")
@@ -248,6 +254,8 @@ def encoder_main(argv: list[str] | None = None) -> int:
         for n, (d, flag) in graphs.items():
             enc = TextEncoder(d, int8=flag, provider="cpu", threads=args.threads, batch_size=32)
             bulk[n] = throughput(enc.encode, many, len(many), args.min_seconds)
+        if cuda:
+            bulk["onnx fp32 cuda"] = throughput(encoders["onnx fp32 cuda"].encode, many, len(many), args.min_seconds)
         print(f"titles, {len(many)} per call (sorted by length into batches of 32), texts/s: "
               + ", ".join(f"{n} {v:.0f}" for n, v in bulk.items()))
 

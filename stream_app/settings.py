@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     encoder_provider: str = Field("auto", description="auto (CUDA when available), cuda or cpu.")
     encoder_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime decide.")
     encoder_batch_size: int = Field(64, ge=1)
+    encoder_timeout_s: float = Field(120.0, gt=0, description="Deadline of one call to the encoder thread (a batch is retried after it; a run still going after it makes /health answer 503).")
 
     # --- Interest model (dynamic attention) ---------------------------------------------------
     temperature: float = Field(0.1, gt=0, description="Softmax temperature tau of the attention scores.")
@@ -127,7 +128,7 @@ class Settings(BaseSettings):
     blend_text_weight: float = Field(0.05, ge=0, description="Weight of the interest slots' text affinity.")
     blend_cooc_weight: float = Field(1.0, ge=0, description="Weight of the co-occurrence score.")
     blend_seq_weight: float = Field(0.5, ge=0, description="Weight of the directed sequence score.")
-    blend_pop_weight: float = Field(0.2, ge=0, description="Weight of popularity.")
+    blend_pop_weight: float = Field(0.0, ge=0, description="Weight of popularity (0: popularity only fills lists of users with no other signal; see README, Offline evaluation).")
     blend_text_temperature: float = Field(0.02, gt=0, description="Temperature of the text affinity's exp().")
     blend_cold_text_weight: float = Field(0.0, ge=0, description="Extra text weight of items with little support.")
     blend_cold_support: float = Field(5.0, gt=0, description="Interactions at which the extra text weight falls to 1/e.")

@@ -195,9 +195,14 @@ class Metrics:
     def observe_latency(self, ms: float) -> None:
         self.latency_ms.observe(ms)
 
-    def observe_encoder(self, batch_size: int, ms: float) -> None:
+    def observe_encoder(self, batch_size: int, seconds: float) -> None:
+        """One hop to the encoder thread: `batch_size` texts in `seconds`."""
         self.encoder_batch.observe(batch_size)
-        self.encoder_ms.observe(ms)
+        self.encoder_ms.observe(seconds * 1000.0)
+        self.encoded_texts += batch_size
+        self.encoder_calls += 1
+        self.encoder_s += seconds
+        self.encoder_batch_max = max(self.encoder_batch_max, batch_size)
 
     def observe_search(self, ms: float) -> None:
         self.search_ms.observe(ms)
@@ -240,13 +245,21 @@ class Metrics:
     @contextmanager
     def store_call(self, what: str) -> Iterator[None]:
         """Track a vector-store call in flight (a call older than store_stuck_s makes the worker unhealthy)."""
-        self._call_ids += 1
-        call_id = self._call_ids
-        self._store_calls[call_id] = (what, time.monotonic())
+        call_id = self.call_started("vector store", what)
         try:
             yield
         finally:
-            self._store_calls.pop(call_id, None)
+            self.call_ended(call_id)
+
+    def call_started(self, component: str, what: str) -> int:
+        """Note a call to `component` in flight (any thread may call this); returns the id call_ended() takes."""
+        self._call_ids += 1
+        call_id = self._call_ids
+        self._store_calls[call_id] = (f"{component} stuck: {what}", time.monotonic())
+        return call_id
+
+    def call_ended(self, call_id: int) -> None:
+        self._store_calls.pop(call_id, None)
 
     # ---- reading --------------------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -270,7 +283,7 @@ class Metrics:
         mono = time.monotonic()
         for what, t0 in list(self._store_calls.values()):
             if mono - t0 > self.store_stuck_s:
-                problems.append(f"vector store stuck: {what} running for {mono - t0:.0f}s")
+                problems.append(f"{what} running for {mono - t0:.0f}s")
                 break
         return {"ok": not problems, "problems": problems, "agents": agents}
 

@@ -175,21 +175,26 @@ class Pipeline:
             raise RuntimeError("Pipeline.start() first")
         encoder = self.encoder
 
-        def run() -> list[np.ndarray]:
-            return [encoder.encode(list(texts), kind=kind) if len(texts) else np.zeros((0, encoder.dim), np.float32)
-                    for texts, kind in groups]
-
         n = sum(len(texts) for texts, _ in groups)
+
+        def run() -> list[np.ndarray]:
+            # Tracked in the thread itself: a run that never returns keeps the worker unhealthy (/health) even
+            # after the caller below gave up waiting for it.
+            call_id = self.metrics.call_started("encoder", f"{n} texts")
+            try:
+                return [encoder.encode(list(texts), kind=kind) if len(texts)
+                        else np.zeros((0, encoder.dim), np.float32) for texts, kind in groups]
+            finally:
+                self.metrics.call_ended(call_id)
+
         if n == 0:
             return run()
         t0 = time.perf_counter()
-        out = await asyncio.get_running_loop().run_in_executor(self._encoder_pool, run)
-        m = self.metrics
-        m.encoder_s += time.perf_counter() - t0
-        m.encoded_texts += n
-        m.encoder_calls += 1
-        m.encoder_batch_max = max(m.encoder_batch_max, n)
-        m.observe_encoder(n, (time.perf_counter() - t0) * 1000)
+        # TimeoutError is transient to the agents' error policy: the batch waits and is retried, nothing is
+        # dead-lettered for a stuck encoder.
+        out = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._encoder_pool, run),
+                                     self.settings.encoder_timeout_s)
+        self.metrics.observe_encoder(n, time.perf_counter() - t0)
         return out
 
     # ---- items --------------------------------------------------------------------------------------------

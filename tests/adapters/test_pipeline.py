@@ -173,3 +173,39 @@ async def test_search_excluding_is_exact_with_one_call_or_a_filtered_second(tmp_
         assert got[0][0].payload["title"].startswith("t")
     finally:
         await store.close()
+
+
+async def test_a_stuck_encoder_times_out_and_shows_on_health(tmp_path):
+    """A call to the encoder thread has a deadline (TimeoutError, transient to the agents' policy); while the run
+    is still going /health names it, and once it returns the worker is healthy again."""
+    import asyncio
+    import threading
+
+    settings = Settings(data_dir=tmp_path, encoder_timeout_s=0.2, store_timeout_s=0.1)
+    real = TextEncoder(ensure_model(settings), int8=False)
+    release = threading.Event()
+
+    class Blocking:
+        dim, manifest, provider = real.dim, real.manifest, real.provider
+
+        def encode(self, texts, kind="passage"):
+            release.wait(10)
+            return real.encode(texts, kind=kind)
+
+    p = Pipeline(settings, encoder=Blocking())  # type: ignore[arg-type]
+    p.metrics.store_stuck_s = 0.1
+    p.metrics.ready = True
+    try:
+        with pytest.raises(TimeoutError):
+            await p.encode(["stuck"])
+        assert any("encoder stuck: 1 texts" in problem for problem in p.metrics.health()["problems"])
+        release.set()
+        for _ in range(100):
+            if p.metrics.health()["ok"]:
+                break
+            await asyncio.sleep(0.05)
+        assert p.metrics.health()["ok"]
+        assert (await p.encode(["fine"])).shape == (1, real.dim)
+    finally:
+        release.set()
+        p._encoder_pool.shutdown(wait=True)

@@ -104,13 +104,25 @@ def test_a_store_call_running_too_long_is_unhealthy():
     assert m.health()["ok"]
 
 
+def test_an_encoder_call_running_too_long_is_unhealthy_and_counted_once_done():
+    m = Metrics(store_stuck_s=0.0)
+    m.ready = True
+    call = m.call_started("encoder", "8 texts")
+    time.sleep(0.01)
+    assert any("encoder stuck: 8 texts" in p for p in m.health()["problems"])
+    m.call_ended(call)
+    m.observe_encoder(8, 0.5)
+    assert m.health()["ok"]
+    assert (m.encoded_texts, m.encoder_calls, m.encoder_s, m.encoder_batch_max) == (8, 1, 0.5, 8)
+
+
 def test_sample_gives_rates_and_interval_percentiles():
     m = Metrics()
     t0 = time.time() - 1
     m.sample(now=t0)
     m.events += 10
     m.observe_latency(5.0)  # observed now, after the first sample
-    m.observe_encoder(8, 12.0)
+    m.observe_encoder(8, 0.012)
     point = m.sample(now=t0 + 2)
     assert point["events_per_s"] == 5.0 and point["latency_p50_ms"] == 5.0
     assert point["encoder_batch"] == 8 and point["encoder_ms"] == 12.0 and point["search_ms"] is None
