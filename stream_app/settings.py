@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -155,6 +155,12 @@ class Settings(BaseSettings):
     def group_instance_id(self) -> str:
         """Kafka static-membership id of this worker: worker_id, else <hostname>-<web_port> (unique on a host)."""
         return f"{self.app_id}-{self.worker_id or f'{socket.gethostname()}-{self.web_port}'}"
+
+
+def setting_default(name: str) -> Any:
+    """The default of a Settings field: parameter objects of the pure modules (CollabParams, RankParams, ...)
+    take their defaults from here, so each default is written once."""
+    return Settings.model_fields[name].default
 
 
 @lru_cache(maxsize=1)

@@ -32,10 +32,10 @@ _LOG_RESCALE_AT = 200.0  # log growth factor above which stored values are resca
 
 
 def _default(name: str):
-    """The default of a Settings field: Settings is the one place defaults are written."""
-    from stream_app.settings import Settings  # noqa: PLC0415 - pydantic model, imported lazily to keep this pure
+    """The default of a Settings field (imported lazily: this module stays importable on its own)."""
+    from stream_app.settings import setting_default  # noqa: PLC0415
 
-    return Settings.model_fields[name].default
+    return setting_default(name)
 
 
 @dataclass(frozen=True)

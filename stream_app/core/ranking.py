@@ -38,10 +38,10 @@ if TYPE_CHECKING:
 
 
 def _default(name: str):
-    """The default of a Settings field: Settings is the one place defaults are written."""
-    from stream_app.settings import Settings  # noqa: PLC0415 - keeps this module importable without pydantic work
+    """The default of a Settings field (imported lazily: this module stays importable on its own)."""
+    from stream_app.settings import setting_default  # noqa: PLC0415
 
-    return Settings.model_fields[name].default
+    return setting_default(name)
 
 
 @dataclass(frozen=True)

@@ -207,19 +207,29 @@ class Pipeline:
             latest[item.item_id] = item
         deleted = [i for i, item in latest.items() if item.deleted]
         upserts = [item for item in latest.values() if not item.deleted]
-        if deleted:
-            await self.store.delete(deleted)
-            for item_id in deleted:
-                self.item_vectors.discard(item_id)
-            self.metrics.items_deleted += len(deleted)
+        records: list[ItemRecord] = []
         if upserts:
             vectors = await self.encode([item.document() for item in upserts], kind="passage")
             records = [ItemRecord(item.item_id, vec, item.payload()) for item, vec in zip(upserts, vectors)]
+        await self.store_records(deleted, records)
+
+    async def store_records(self, deleted: Sequence[str], records: Sequence[ItemRecord]) -> None:
+        """Delete and upsert encoded records in this worker's store, keeping the record cache and counters in step
+        (the items agent after encoding, and the catalogue replica with records encoded by another worker)."""
+        if self.store is None:
+            raise RuntimeError("Pipeline.start() first")
+        if deleted:
+            with self.metrics.store_call("delete"):
+                await self.store.delete(list(deleted))
+            for item_id in deleted:
+                self.item_vectors.discard(item_id)
+            self.metrics.items_deleted += len(deleted)
+        if records:
             with self.metrics.store_call("upsert"):
-                await self.store.upsert(records)
+                await self.store.upsert(list(records))
             for record in records:
                 self.item_vectors.put(record.item_id, record)
-            self.metrics.items_indexed += len(upserts)
+            self.metrics.items_indexed += len(records)
 
     # ---- behaviour ----------------------------------------------------------------------------------------
     async def records_for(self, item_ids: Sequence[str]) -> dict[str, ItemRecord]:

@@ -116,18 +116,8 @@ async def apply_item_records(pipeline: Pipeline, messages: Sequence[ConsumerReco
             continue
         latest.pop(item_id, None)
         latest[item_id] = record
-    deleted = [i for i, r in latest.items() if r is None]
-    upserts = [r for r in latest.values() if r is not None]
-    if deleted:
-        await pipeline.store.delete(deleted)
-        for item_id in deleted:
-            pipeline.item_vectors.discard(item_id)
-        pipeline.metrics.items_deleted += len(deleted)
-    if upserts:
-        await pipeline.store.upsert(upserts)
-        for r in upserts:
-            pipeline.item_vectors.put(r.item_id, r)
-        pipeline.metrics.items_indexed += len(upserts)
+    await pipeline.store_records([i for i, r in latest.items() if r is None],
+                                 [r for r in latest.values() if r is not None])
 
 
 # ---- reading a whole topic outside the group ----------------------------------------------------------------------
