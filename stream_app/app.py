@@ -27,6 +27,7 @@ from stream_app.interest import UserState, decode_state, encode_state, event_dig
 from stream_app.kafka_security import client_kwargs, faust_credentials
 from stream_app.logfilter import install_connection_error_filter
 from stream_app.pipeline import Pipeline, UnknownItem, item_fingerprint
+from stream_app.replica import Replicas, publish_items, register_replica_pages
 from stream_app.resilience import Failed, RateLimitedLog, RetryPolicy, process_resilient
 from stream_app.settings import get_settings
 from stream_app.web import register_pages
@@ -59,6 +60,7 @@ app = faust.App(
     web_tables_enabled=settings.web_debug_views,
     web_router_enabled=settings.web_debug_views,
     producer_linger_ms=1,
+    table_standby_replicas=settings.table_standby_replicas,
 )
 
 # Inputs are read as raw bytes so that a malformed message can be forwarded to the DLQ exactly as it came.
@@ -70,6 +72,9 @@ recommendations_topic = app.topic(settings.recommendations_topic, key_type=str, 
                                   value_serializer="json", partitions=settings.topic_partitions)
 behaviour_dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="json", partitions=1)
 items_dlq = app.topic(settings.items_dlq_topic, key_serializer="raw", value_serializer="json", partitions=1)
+# Encoded items for every worker's embedded store (compacted; written by index_items, read by stream_app.replica).
+item_vectors_topic = app.topic(settings.item_vectors_topic_name(), key_type=bytes, value_type=bytes, value_serializer="raw",
+                               partitions=settings.topic_partitions)
 
 def raw_table(name: str, help: str) -> faust.Table:
     """A table of str keys and bytes values stored as they are (Faust would otherwise JSON-encode both)."""
@@ -88,6 +93,7 @@ user_state = raw_table("user-state", "user_id -> packed interest state (stream_a
 item_fingerprints = raw_table("item-fingerprints", "item_id -> fingerprint of what was indexed (skips unchanged re-sends)")
 
 pipeline = Pipeline(settings)
+replicas = Replicas(settings, pipeline)
 
 
 @contextmanager
@@ -245,7 +251,10 @@ async def handle_items_batch(parsed: list[tuple[EventT, ItemEvent]]) -> list[tup
         return []
 
     async def index(rows: list[tuple[EventT, ItemEvent, bytes | None]]) -> list[None]:
-        await pipeline.index_items([item for _, item, _ in rows])  # idempotent: safe to retry on any subset
+        # Encoded once; written to the shared server store, or published to item-vectors for every worker's
+        # embedded store (stream_app.replica). Idempotent: safe to retry on any subset.
+        await publish_items(pipeline, [(item, fp.decode() if fp else None) for _, item, fp in rows],
+                            None if settings.qdrant_url else send_item_vector)
         return [None] * len(rows)
 
     outcome = await process_resilient(index, changed, policy, "indexing items")
@@ -263,11 +272,23 @@ async def handle_items_batch(parsed: list[tuple[EventT, ItemEvent]]) -> list[tup
     return rejected
 
 
+async def send_item_vector(key: bytes, value: bytes | None) -> Awaitable[Any]:
+    """Publish one encoded item (or a tombstone) to item-vectors; returns the broker's acknowledgement."""
+    return await app.producer.send(item_vectors_topic.get_topic_name(), key, value, None, None, None)
+
+
+@app.task
+async def run_replicas() -> None:
+    """This worker's whole-catalogue replica and whole-stream signal feed (stream_app.replica)."""
+    await replicas.run()
+
+
 @app.agent(behaviour_topic)
 async def process_behaviour(stream: faust.StreamT) -> None:
     """Behaviour events: update each user's interest and push one recommendation per user per batch."""
     with pipeline.metrics.agent_running("process_behaviour"):  # crashes count against /health
         await pipeline.start()
+        await replicas.ready()  # never serve from a partial catalogue or signal
         await run_batches(stream, lambda e: parse_behaviour(e.message.value, meta_of(e)), handle_behaviour_batch,
                           behaviour_dlq)
 
@@ -432,6 +453,7 @@ async def send_recommendations(recs: dict[str, Any], plans: dict[str, UserBatch]
 
 
 register_pages(app, pipeline, user_state, settings, inputs=(items_topic, behaviour_topic))
+register_replica_pages(app, replicas)
 
 
 async def declare_topics() -> None:
@@ -445,7 +467,8 @@ async def declare_topics() -> None:
     from stream_app.startup import check_partitions
 
     wanted = {t.get_topic_name(): t.partitions or settings.topic_partitions
-              for t in (items_topic, behaviour_topic, recommendations_topic, behaviour_dlq, items_dlq)}
+              for t in (items_topic, behaviour_topic, recommendations_topic, behaviour_dlq, items_dlq, item_vectors_topic)}
+    configs = {item_vectors_topic.get_topic_name(): {"cleanup.policy": "compact"}}
     changelogs = {t.changelog_topic.get_topic_name(): settings.topic_partitions for t in app.tables.values()}
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
@@ -454,8 +477,8 @@ async def declare_topics() -> None:
         present = [name for name in {**wanted, **changelogs} if name in existing]
         found = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(present)} if present else {}
         check_partitions({**wanted, **changelogs}, found, settings)
-        missing = [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in wanted.items()
-                   if name not in existing]
+        missing = [NewTopic(name, num_partitions=n, replication_factor=1, topic_configs=configs.get(name, {}))
+                   for name, n in wanted.items() if name not in existing]
         if missing:
             await admin.create_topics(missing)
             log.info("created topics %s", [t.name for t in missing])

@@ -98,17 +98,6 @@ def median_latency_ms(encode: Callable[[list[str]], object], texts: Sequence[str
     return float(np.median(times) * 1e3)
 
 
-def neighbour_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
-    """Mean fraction of shared top-k cosine neighbours (self excluded) between two embeddings of one corpus."""
-    def top(x: np.ndarray) -> np.ndarray:
-        sim = x @ x.T
-        np.fill_diagonal(sim, -np.inf)
-        return np.argpartition(-sim, k, axis=1)[:, :k]
-
-    ta, tb = top(a), top(b)
-    return float(np.mean([len(set(r) & set(s)) / k for r, s in zip(ta, tb)]))
-
-
 # Runs inside another interpreter that has sentence-transformers + torch (never this venv): reads a job on stdin,
 # prints texts/s per set and batch, batch-1 median latency and embeddings of the parity texts as JSON.
 _PEER_SCRIPT = r"""
@@ -171,9 +160,26 @@ def sentence_transformers_peer(python: str, model: str, job: dict) -> tuple[dict
     return result, result["version"] + f" via {python}"
 
 
+def dynamic_int8_folder(model_dir: Path, tmp: Path) -> Path:
+    """A copy of model_dir (links) whose int8 graph is the former recipe: dynamic int8, per-channel, FFN output fp32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415
+    from stream_app.encoder import Manifest  # noqa: PLC0415
+
+    for name in ("model.onnx", "tokenizer.json", "manifest.json"):
+        (tmp / name).symlink_to(model_dir / name)
+    quant_pre_process(str(model_dir / "model.onnx"), str(tmp / "inferred.onnx"), skip_optimization=True)
+    quantize_dynamic(str(tmp / "inferred.onnx"), str(tmp / "model.int8.onnx"), per_channel=True,
+                     weight_type=QuantType.QInt8, nodes_to_exclude=Manifest.load(model_dir).int8["fp32_nodes"])
+    return tmp
+
+
 def encoder_main(argv: list[str] | None = None) -> int:
-    """fp32 vs int8 (vs sentence-transformers) texts/s, batch-1 latency and int8 parity, in one run."""
+    """Per graph: texts/s, batch-1 latency, and fidelity to fp32 (top-10 overlap, alone vs batch), in one run."""
+    import tempfile  # noqa: PLC0415
+
     from models.export import ensure_model  # noqa: PLC0415
+    from models.fidelity import evaluation_sets, measure  # noqa: PLC0415
     from stream_app.encoder import TextEncoder  # noqa: PLC0415
     from stream_app.settings import Settings  # noqa: PLC0415
 
@@ -182,7 +188,9 @@ def encoder_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for onnxruntime and torch; 0 = default")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--min-seconds", type=float, default=1.5, help="timed seconds per cell (split into 3 rounds)")
-    parser.add_argument("--parity-texts", type=int, default=800)
+    parser.add_argument("--bulk-texts", type=int, default=2000, help="titles per call on the indexing path; 0 skips it")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="also measure the former dynamic int8 graph (built into a temporary folder)")
     parser.add_argument("--st-python", default=os.environ.get("STREAM_APP_ST_PYTHON", ""),
                         help="an interpreter with sentence-transformers+torch to run the peer in (torch is not a dep)")
     parser.add_argument("--no-peer", action="store_true", help="skip sentence-transformers")
@@ -191,14 +199,20 @@ def encoder_main(argv: list[str] | None = None) -> int:
 
     import onnxruntime as ort  # noqa: PLC0415
 
-    model_dir = ensure_model(Settings(model_name=args.model, model_dir=None))
+    settings = Settings(model_name=args.model, model_dir=None)
+    model_dir = ensure_model(settings)
     big = max(args.batch_sizes)
-    fp32 = TextEncoder(model_dir, int8=False, provider="cpu", threads=args.threads, batch_size=big)
-    int8 = TextEncoder(model_dir, int8=True, provider="cpu", threads=args.threads, batch_size=big)
-    engines: dict[str, Callable[[list[str]], object]] = {"onnx fp32": fp32.encode, "onnx int8": int8.encode}
+    graphs = {"onnx fp32": (model_dir, False), "onnx int8 static": (model_dir, True)}
+    tmp = tempfile.TemporaryDirectory(prefix="bench-dynamic-")
+    if args.dynamic:
+        graphs["onnx int8 dynamic"] = (dynamic_int8_folder(model_dir, Path(tmp.name)), True)
+    encoders = {n: TextEncoder(d, int8=flag, provider="cpu", threads=args.threads, batch_size=big)
+                for n, (d, flag) in graphs.items()}
+    served = "onnx int8 static" if settings.encoder_int8 else "onnx fp32"
+    engines: dict[str, Callable[[list[str]], object]] = {n: e.encode for n, e in encoders.items()}
+    fp32 = encoders["onnx fp32"]
     titles, reviews = bench_titles(2000), bench_reviews(600)
     sets = {"titles": titles, "reviews": reviews}
-    corpus = (titles[: args.parity_texts // 2] + reviews)[: args.parity_texts]
     tokens = {k: np.mean([len(x) for x in fp32.tokenize(v[:200])]) for k, v in sets.items()}
     print(f"encoder bench: {args.model} ({model_dir}), onnxruntime {ort.__version__} CPU, "
           f"threads={args.threads or 'default'}, {os.cpu_count()} cpus, load avg {os.getloadavg()[0]:.2f}")
@@ -210,10 +224,10 @@ def encoder_main(argv: list[str] | None = None) -> int:
     lat = {n: median_latency_ms(fn, titles[:200]) for n, fn in engines.items()}
 
     peer, note = (None, "peer disabled (--no-peer)")
+    parity = titles[:128] + reviews[:128]
     if not args.no_peer:
         job = {"threads": args.threads, "batches": args.batch_sizes, "min_seconds": args.min_seconds, "rounds": 3,
-               "sets": {k: v[:600] for k, v in sets.items()}, "latency_texts": titles[:200],
-               "parity_texts": corpus[:256]}
+               "sets": {k: v[:600] for k, v in sets.items()}, "latency_texts": titles[:200], "parity_texts": parity}
         peer, note = sentence_transformers_peer(args.st_python, args.model, job)
     print(f"peer: {note}")
     names = list(engines) + (["sentence-transformers"] if peer else [])
@@ -222,38 +236,40 @@ def encoder_main(argv: list[str] | None = None) -> int:
             for b in args.batch_sizes:
                 rates[("sentence-transformers", k, b)] = peer["rate"][f"{k}/{b}"]
         lat["sentence-transformers"] = peer["latency_ms"]
-    print(f"{'texts/s':<10}{'batch':>6}" + "".join(f"{n:>23}" for n in names) + (f"{'int8/ST':>10}" if peer else ""))
+    print(f"{'texts/s':<10}{'batch':>6}" + "".join(f"{n:>23}" for n in names))
     for k in sets:
         for b in args.batch_sizes:
-            line = f"{k:<10}{b:>6}" + "".join(f"{rates[(n, k, b)]:>23.0f}" for n in names)
-            if peer:
-                line += f"{rates[('onnx int8', k, b)] / rates[('sentence-transformers', k, b)]:>9.1f}x"
-            print(line)
+            print(f"{k:<10}{b:>6}" + "".join(f"{rates[(n, k, b)]:>23.0f}" for n in names))
     print("batch-1 median latency, titles (ms): " + ", ".join(f"{n} {v:.2f}" for n, v in lat.items()))
-    if peer:
-        print(f"int8 latency / sentence-transformers latency: {lat['onnx int8'] / lat['sentence-transformers']:.2f}")
 
     # The indexing path: a whole batch in one call, which the encoder sorts by length into batches of 32.
-    bulk = {}
-    for n, flag in (("onnx fp32", False), ("onnx int8", True)):
-        enc = TextEncoder(model_dir, int8=flag, provider="cpu", threads=args.threads, batch_size=32)
-        bulk[n] = throughput(enc.encode, titles, len(titles), args.min_seconds)
-    print(f"titles, {len(titles)} per call (sorted by length into batches of 32), texts/s: "
-          + ", ".join(f"{n} {v:.0f}" for n, v in bulk.items()))
+    if args.bulk_texts:
+        bulk, many = {}, bench_titles(args.bulk_texts)
+        for n, (d, flag) in graphs.items():
+            enc = TextEncoder(d, int8=flag, provider="cpu", threads=args.threads, batch_size=32)
+            bulk[n] = throughput(enc.encode, many, len(many), args.min_seconds)
+        print(f"titles, {len(many)} per call (sorted by length into batches of 32), texts/s: "
+              + ", ".join(f"{n} {v:.0f}" for n, v in bulk.items()))
 
-    a, b = fp32.encode(corpus), int8.encode(corpus)
-    cos = (a * b).sum(1)
-    print(f"int8 vs fp32 over {len(corpus)} texts: mean cos {cos.mean():.4f}, min cos {cos.min():.4f}, "
-          f"top-10 neighbour overlap {neighbour_overlap(a, b):.3f}")
-    alone = np.concatenate([int8.encode([t]) for t in corpus[:100]])
-    inv = (alone * b[:100]).sum(1)
-    print(f"int8 alone vs in a batch of {big} (100 texts): mean cos {inv.mean():.4f}, min {inv.min():.4f} "
-          f"(dynamic activation scales are per batch; fp32 is batch-invariant to 1e-5)")
+    # Fidelity on held-out texts (models.fidelity: never used to calibrate the static int8 graph).
+    held_out = evaluation_sets()
+    reference = {k: fp32.encode(v) for k, v in held_out.items()}
+    print(f"fidelity vs fp32 on held-out texts ({', '.join(f'{len(v)} {k}' for k, v in held_out.items())}); "
+          f"alone vs batch: min cosine of a text encoded alone vs in one call with the whole set (batches of {big}); "
+          f"served by default: {served}")
+    print(f"{'graph':<20}{'set':<9}{'top-10 overlap':>15}{'mean cos':>10}{'min cos':>9}{'alone vs batch':>16}"
+          f"{'texts/s b32' if 32 in args.batch_sizes else '':>13}")
+    for n, enc in encoders.items():
+        for k, texts in held_out.items():
+            f = measure(enc.encode, reference[k], texts)
+            rate = f"{rates[(n, k, 32)]:.0f}" if 32 in args.batch_sizes else ""
+            print(f"{n:<20}{k:<9}{f.overlap:>15.3f}{f.mean_cos:>10.4f}{f.min_cos:>9.4f}{f.alone_vs_batch:>16.5f}{rate:>13}")
+    tmp.cleanup()
     if peer:
         ref = np.asarray(peer["embeddings"], dtype=np.float32)
-        st_cos = (a[: len(ref)] * ref).sum(1)
+        st_cos = (fp32.encode(parity) * ref).sum(1)
         print(f"fp32 vs sentence-transformers over {len(ref)} texts: mean cos {st_cos.mean():.6f}, "
-              f"min cos {st_cos.min():.6f}; int8 vs ST mean cos {(b[: len(ref)] * ref).sum(1).mean():.4f}")
+              f"min cos {st_cos.min():.6f}")
     print(f"load avg at end {os.getloadavg()[0]:.2f} (numbers are noisy when other work shares the cores)")
     return 0
 

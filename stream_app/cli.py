@@ -93,7 +93,7 @@ def encode_command(texts: list[str], model: str | None, fp32: bool) -> int:
     from stream_app.encoder import load_encoder
     from stream_app.settings import Settings
 
-    overrides: dict[str, object] = {"encoder_int8": not fp32}
+    overrides: dict[str, object] = {"encoder_int8": False} if fp32 else {}
     if model:
         overrides["model_name"] = model
     settings = Settings(**overrides)
@@ -102,7 +102,7 @@ def encode_command(texts: list[str], model: str | None, fp32: bool) -> int:
     t0 = time.perf_counter()
     vectors = encoder.encode(texts)
     ms = (time.perf_counter() - t0) * 1000
-    print(f"model={encoder.manifest.name} graph={'fp32' if fp32 else 'int8'} provider={encoder.provider} dim={encoder.dim}")
+    print(f"model={encoder.manifest.name} graph={'int8' if encoder.int8 else 'fp32'} provider={encoder.provider} dim={encoder.dim}")
     for text, vec in zip(texts, vectors):
         print(f"{vec.shape} norm={float((vec * vec).sum()) ** 0.5:.4f} head=[{', '.join(f'{x:+.4f}' for x in vec[:4])}] {text!r}")
     print(f"{len(texts)} texts in {ms:.2f} ms ({ms / max(len(texts), 1):.2f} ms/text)")
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("encode", help="encode texts and print shapes and timing")
     e.add_argument("texts", nargs="+")
     e.add_argument("--model", help="model folder name (default: STREAM_APP_MODEL_NAME)")
-    e.add_argument("--fp32", action="store_true", help="use the fp32 graph instead of int8")
+    e.add_argument("--fp32", action="store_true", help="use the fp32 graph even if STREAM_APP_ENCODER_INT8 is set")
 
     m = sub.add_parser("export-model", help="export a model folder (ONNX fp32 + int8, tokenizer, manifest)")
     m.add_argument("--model", help="model name (default: STREAM_APP_MODEL_NAME)")

@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+GRAPHS = {False: "model.onnx", True: "model.int8.onnx"}
+# Every input an exported BERT graph may declare; a session is fed only the ones its graph lists.
+KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Manifest:
     max_tokens: int
     prefixes: dict[str, str] = field(default_factory=dict)
     source: dict = field(default_factory=dict)
+    int8: dict = field(default_factory=dict)  # the int8 graph's quantisation recipe (models.export.quantize_int8)
     files: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -45,6 +49,7 @@ class Manifest:
             max_tokens=int(data["max_tokens"]),
             prefixes=dict(data.get("prefixes", {})),
             source=dict(data.get("source", {})),
+            int8=dict(data.get("int8", {})),
             files=dict(data.get("files", {})),
         )
 
@@ -77,7 +82,7 @@ def check_texts(texts: Sequence[str]) -> list[str]:
 
 
 def pad_batch(ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, np.ndarray]:
-    """Right-pad token id lists to the longest one: the three int64 model inputs."""
+    """Right-pad token id lists to the longest one: every known int64 model input (callers keep what a graph declares)."""
     longest = max(len(x) for x in ids)
     input_ids = np.full((len(ids), longest), pad_id, dtype=np.int64)
     mask = np.zeros((len(ids), longest), dtype=np.int64)
@@ -87,33 +92,47 @@ def pad_batch(ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, np.ndarray
     return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
 
 
+def graph_inputs(session: ort.InferenceSession) -> tuple[str, ...]:
+    """The input names the graph declares (fastembed-style: feed exactly these), or ValueError for one we cannot make."""
+    names = tuple(i.name for i in session.get_inputs())
+    unknown = [n for n in names if n not in KNOWN_INPUTS]
+    if unknown or "input_ids" not in names:
+        raise ValueError(f"graph inputs {names}: the encoder can feed {KNOWN_INPUTS} and needs input_ids")
+    return names
+
+
 class TextEncoder:
-    """Encodes text with an exported model folder; thread-safe (tokenizer and session are only read after init)."""
+    """Encodes text with an exported model folder; thread-safe (tokenizer and session are only read after init).
+
+    The fp32 graph is the default on every CPU and on CUDA: no int8 graph kept top-10 neighbours within the bar
+    (see README, Encoders). int8=True selects the static int8 graph on CPU (deterministic per text, 7-bit weights
+    so AVX2 and VNNI kernels agree); it is ignored on CUDA, where fp32 is the fast graph.
+    """
 
     def __init__(
-        self, model_dir: Path, *, int8: bool = True, provider: str = "auto", threads: int = 0, batch_size: int = 64
+        self, model_dir: Path, *, int8: bool = False, provider: str = "auto", threads: int = 0, batch_size: int = 64
     ) -> None:
         model_dir = Path(model_dir)
         self.manifest = Manifest.load(model_dir)
         self.dim = self.manifest.dim
         self.batch_size = max(1, int(batch_size))
         self.provider = choose_provider(provider)
-        # Dynamic int8 (MatMulInteger) is a CPU speed-up; on CUDA the fp32 graph is the fast one.
         self.int8 = int8 and self.provider == CPU
-        graph = model_dir / ("model.int8.onnx" if self.int8 else "model.onnx")
+        graph = model_dir / GRAPHS[self.int8]
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = max(0, int(threads))
         options.inter_op_num_threads = 1
         providers = [self.provider, CPU] if self.provider == CUDA else [CPU]
         self.session = ort.InferenceSession(str(graph), options, providers=providers)
+        self.inputs = graph_inputs(self.session)
         self.output = self.session.get_outputs()[0].name
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.no_padding()  # pad per length-sorted batch ourselves (a fixed 128 is ~8x slower on titles)
         self.tokenizer.enable_truncation(self.manifest.max_tokens)
         self.pad_id = self._pad_id()
-        log.info("encoder %s: %s, %s, dim %d, max_tokens %d", self.manifest.name, graph.name,
-                 self.session.get_providers()[0], self.dim, self.manifest.max_tokens)
+        log.info("encoder %s: %s, %s, inputs %s, dim %d, max_tokens %d", self.manifest.name, graph.name,
+                 self.session.get_providers()[0], ",".join(self.inputs), self.dim, self.manifest.max_tokens)
 
     def _pad_id(self) -> int:
         """Id of the tokenizer's padding token (its value is masked out anyway, but must be a valid row)."""
@@ -134,7 +153,8 @@ class TextEncoder:
 
     def run(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         """One session run over a padded batch of token ids -> (n, dim) float32."""
-        return self.session.run([self.output], pad_batch(ids, self.pad_id))[0]
+        feed = pad_batch(ids, self.pad_id)
+        return self.session.run([self.output], {name: feed[name] for name in self.inputs})[0]
 
     def encode(self, texts: Sequence[str], kind: str = "passage") -> np.ndarray:
         """(n, dim) float32 unit vectors; texts are length-sorted into batches so padding stays small."""

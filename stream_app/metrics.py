@@ -147,7 +147,7 @@ class Metrics:
     """Counters, histograms, DLQ tail, agent health and online evaluation of one worker (see module doc)."""
 
     COUNTERS = ("events", "batches", "recommendations", "dead_letters", "duplicates", "forgotten", "items_indexed",
-                "items_deleted", "items_unchanged", "encoded_texts", "encoder_calls", "encoder_s", "encoder_batch_max",
+                "items_encoded", "items_deleted", "items_unchanged", "encoded_texts", "encoder_calls", "encoder_s", "encoder_batch_max",
                 "store_searches", "store_record_calls", "cache_hits")
 
     def __init__(self, top_k: int = 10, crash_window_s: float = 60.0, store_stuck_s: float = 30.0) -> None:
@@ -157,7 +157,8 @@ class Metrics:
         self.dead_letters = 0
         self.duplicates = 0  # redelivered events recognised by their event_id and not applied again
         self.forgotten = 0  # users deleted by a `forget` event
-        self.items_indexed = 0
+        self.items_indexed = 0  # written into this worker's store
+        self.items_encoded = 0  # encoded by this worker (with several workers, each item by one of them)
         self.items_deleted = 0
         self.items_unchanged = 0
         # Throughput counters of the pipeline (the pipeline benchmark reads them from /stats/).
@@ -336,7 +337,8 @@ class MetricsCollector(Collector):
                 "encoder_s": "seconds spent encoding", "encoder_batch_max": "largest encoder call (texts)",
                 "store_searches": "batched vector-store searches", "store_record_calls": "vector-store record reads",
                 "cache_hits": "item records served from the in-memory cache",
-                "items_indexed": "catalogue items encoded and upserted", "items_deleted": "catalogue items deleted",
+                "items_indexed": "catalogue items written into this worker's store",
+                "items_encoded": "catalogue items encoded by this worker", "items_deleted": "catalogue items deleted",
                 "items_unchanged": "catalogue re-sends skipped as unchanged"}
         for name in Metrics.COUNTERS:
             yield CounterMetricFamily(f"{p}_{name}", docs[name], value=getattr(m, name))

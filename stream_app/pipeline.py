@@ -116,7 +116,7 @@ class Pipeline:
         self.store = store
         self.item_vectors = LRUCache(settings.item_cache_size)
         self.cparams = CollabParams.from_settings(settings)
-        # Co-occurrence and popularity from the events this worker sees (its partitions' users): see README.
+        # Co-occurrence and popularity of the whole stream, fed (and replaced on start) by stream_app.replica.
         self.collab = CollabState()
         self.metrics = Metrics(top_k=settings.top_k)
         self.last_recommendations: OrderedDict[str, Recommendation] = OrderedDict()
@@ -268,16 +268,14 @@ class Pipeline:
         return out
 
     def update_state(self, state: UserState, events: Sequence[BehaviourEvent], vectors: Sequence[np.ndarray]) -> UserState:
-        """Fold a user's events (in arrival order) into the interest state and the collaborative counters."""
-        observed = []  # the counters change only once every event folded in (apply_event may raise)
+        """Fold a user's events (in arrival order) into the interest state.
+
+        The collaborative counters are fed from the whole stream by stream_app.replica, not here (see the README).
+        """
         for e, vec in zip(events, vectors):
-            if e.item_id and e.type != "dislike":
-                observed.append((e.item_id, consumed_items(state), e.ts))
             state = apply_event(state, vec, e.type, e.ts, e.item_id, self.params)
         for e in events:  # online evaluation: each user's next event against the last list sent
             self.metrics.online.next_event(e.user_id, e.type, e.item_id)
-        for item_id, previous, ts in observed:
-            collab.observe(self.collab, item_id, previous, ts, self.cparams)
         self.metrics.events += len(events)
         return state
 

@@ -29,6 +29,14 @@ class Settings(BaseSettings):
     recommendations_topic: str = "recommendations"
     dlq_topic: str = "behaviour-dlq"
     items_dlq_topic: str = "items-dlq"
+    item_vectors_topic: str = Field("", description="Compacted topic of encoded items that every worker's embedded "
+                                    "store replicates (stream_app.replica); empty = <app_id>-item-vectors.")
+    table_standby_replicas: int = Field(1, ge=0, description="Standby copies of each user-state partition kept warm "
+                                        "on other workers, so a failed worker's users move with their state.")
+    signal_snapshot_interval_s: float = Field(30.0, gt=0, description="How often a worker saves its collaborative "
+                                              "counters and their stream positions (a restart replays the rest).")
+    signal_max_users: int = Field(200_000, ge=1, description="Users whose recent-item window the counters keep "
+                                  "(least recently active forgotten first).")
     topic_partitions: int = Field(4, ge=1, description="Partitions of the input topics and tables: the unit of scale-out.")
     table_store: str = Field("rocksdb://", description="Faust table store: rocksdb:// (durable) or memory:// (tests).")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
@@ -77,7 +85,8 @@ class Settings(BaseSettings):
     model_name: str = Field("multilingual-e5-small", description="Model folder name: multilingual-e5-small or all-MiniLM-L6-v2.")
     model_dir: Path | None = Field(None, description="An exported model folder; overrides model_name + model_cache.")
     model_cache: Path = Field(default_factory=default_model_cache)
-    encoder_int8: bool = Field(True, description="Use the int8 graph (faster on CPU) instead of fp32.")
+    encoder_int8: bool = Field(False, description="CPU only: the static int8 graph instead of fp32 (faster, but reorders "
+                               "8-10% of top-10 neighbours; fp32 is served by default, see README Encoders).")
     encoder_provider: str = Field("auto", description="auto (CUDA when available), cuda or cpu.")
     encoder_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime decide.")
     encoder_batch_size: int = Field(64, ge=1)
@@ -112,6 +121,10 @@ class Settings(BaseSettings):
     blend_cooc_weight: float = Field(1.0, ge=0)
     blend_pop_weight: float = Field(0.0, ge=0)
     blend_text_temperature: float = Field(0.05, gt=0)
+
+    def item_vectors_topic_name(self) -> str:
+        """The item-vectors topic: item_vectors_topic, else one of this app's own (<app_id>-item-vectors)."""
+        return self.item_vectors_topic or f"{self.app_id}-item-vectors"
 
     def resolved_model_dir(self) -> Path:
         """The model folder the encoder loads: model_dir if set, else model_cache/model_name."""

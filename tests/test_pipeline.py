@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 
 from models.export import ensure_model
@@ -10,6 +12,9 @@ from stream_app.events import BehaviourEvent, ItemEvent
 from stream_app.interest import new_state
 from stream_app.pipeline import Pipeline, UnknownItem
 from stream_app.settings import Settings
+from stream_app.signal_state import SignalState, count_events
+
+_SIGNALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # each pipeline's counters with their user windows
 
 ITEMS = [
     ("p1", "USB-C fast charger 65W", "phone-accessories"),
@@ -40,10 +45,13 @@ async def pipeline(tmp_path, request):
 
 
 async def fold(p: Pipeline, events: list[BehaviourEvent], states: dict) -> dict:
+    """Interest states as the behaviour agent folds them, counters as every worker's signal feed does."""
+    signal = _SIGNALS.setdefault(p, SignalState(collab=p.collab))
     vectors = await p.event_vectors(events)
     for e, v in zip(events, vectors):
         assert not isinstance(v, UnknownItem), v
         states[e.user_id] = p.update_state(states.get(e.user_id, new_state(p.dim)), [e], [v])
+        count_events(signal, [e], p.cparams)
     return states
 
 

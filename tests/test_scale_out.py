@@ -1,0 +1,229 @@
+"""Scale-out on the real broker: two `stream-app worker` processes of one app on 4-partition topics.
+
+Each worker has its own data dir and web port. Checked: both hold the whole catalogue (each item encoded once),
+English and Chinese users get lists in their own or related categories, /users/<id>/ answers from either worker,
+both workers' collaborative counters equal a one-process count of the same events, and after one worker is
+SIGKILLed the other serves all users again with their state intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from stream_app.collab import CollabParams
+from stream_app.events import parse_behaviour
+from stream_app.replica import counters_json
+from stream_app.sample_data import RELATED_CATEGORIES, category_of, load_catalogue
+from stream_app.settings import Settings
+from stream_app.signal_state import SignalState, count_events
+from test_pipeline_e2e import (BASE_TS, Worker, as_json, free_port, play_and_collect, produce, stop_worker,
+                               wait_until)
+
+pytestmark = pytest.mark.kafka
+
+# (user, category, language): each user views two items of a category and buys a third
+USERS = [("alice", "phone-accessories", "en"), ("xiaoming", "phones", "zh"), ("runner", "running", "en"),
+         ("mei", "tea-coffee", "zh"), ("dev", "laptops", "en")]
+
+
+def get_json(url: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.loads(r.read())
+    except OSError:
+        return None
+
+
+def replicas(w: Worker) -> dict:
+    return get_json(f"{w.web}/replicas/") or {}
+
+
+def items_of(category: str, lang: str, n: int) -> list[str]:
+    return [i["item_id"] for i in load_catalogue() if i["category"] == category and i.get("lang") == lang][:n]
+
+
+def top5_related_share(rec: dict, category: str) -> float:
+    cats = category_of()
+    top = rec["items"][:5]
+    return sum(cats[i["item_id"]] in RELATED_CATEGORIES[category] for i in top) / len(top)
+
+
+async def topic_exists(bootstrap: str, topic: str) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return topic in await admin.list_topics()
+    finally:
+        await admin.close()
+
+
+async def cleanup_policy(bootstrap: str, topic: str) -> str:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [resp] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        entries = {e[0]: e[1] for e in resp.resources[0][4]}
+        return entries["cleanup.policy"]
+    finally:
+        await admin.close()
+
+
+def spawn(env: dict[str, str], data) -> subprocess.Popen:
+    with open(data / "worker.log", "ab") as log:
+        return subprocess.Popen([os.sys.executable, "-m", "stream_app.cli", "worker", "--loglevel", "warn"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def assert_same_counters(got: dict, reference: SignalState) -> None:
+    """Equal counters: the same items and neighbours in every counter map, each value within 1e-9 relative.
+
+    Exact equality is not asked: two workers add the same terms in different orders across users.
+    """
+    want = counters_json(reference, top=1000)
+    assert got["events"] == want["events"] and got["items"] == want["items"]
+    for name, values in want.items():
+        if not isinstance(values, dict):
+            continue
+        assert got[name].keys() == values.keys(), name
+        for i, v in values.items():
+            if isinstance(v, dict):
+                assert got[name][i].keys() == v.keys(), (name, i)
+                assert all(math.isclose(got[name][i][j], x, rel_tol=1e-9) for j, x in v.items()), (name, i)
+            else:
+                assert math.isclose(got[name][i], v, rel_tol=1e-9), (name, i)
+
+
+@pytest.fixture(scope="module")
+def two_workers(kafka_bootstrap: str, tmp_path_factory) -> Iterator[list[Worker]]:
+    run = uuid.uuid4().hex[:8]
+    base = {
+        **os.environ,
+        "STREAM_APP_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "STREAM_APP_APP_ID": f"scale-{run}",
+        "STREAM_APP_ITEMS_TOPIC": f"scale-items-{run}",
+        "STREAM_APP_BEHAVIOUR_TOPIC": f"scale-behaviour-{run}",
+        "STREAM_APP_RECOMMENDATIONS_TOPIC": f"scale-recs-{run}",
+        "STREAM_APP_DLQ_TOPIC": f"scale-dlq-{run}",
+        "STREAM_APP_ITEMS_DLQ_TOPIC": f"scale-items-dlq-{run}",
+        "STREAM_APP_TABLE_STORE": "rocksdb://",
+        "STREAM_APP_TOPIC_PARTITIONS": "4",
+        "STREAM_APP_WEB_HOST": "127.0.0.1",  # the advertised address other workers route /users/<id>/ to
+        "STREAM_APP_SIGNAL_SNAPSHOT_INTERVAL_S": "1",  # so a SIGKILLed worker has a snapshot to resume from
+    }
+    workers: list[Worker] = []
+    try:
+        for n in range(2):
+            data = tmp_path_factory.mktemp(f"worker{n}")
+            port = free_port()
+            env = {**base, "STREAM_APP_DATA_DIR": str(data), "STREAM_APP_WEB_PORT": str(port)}
+            w = Worker(env, spawn(env, data), f"http://127.0.0.1:{port}")
+            workers.append(w)
+            if n == 0:  # the first creates the topics; the second starts meanwhile
+                wait_until(lambda: asyncio.run(topic_exists(kafka_bootstrap, f"scale-{run}-item-vectors")),
+                           120, "the topics", w.proc)
+        for w in workers:
+            wait_until(lambda: w.stats() is not None, 240, "the web view", w.proc)
+        catalogue = load_catalogue()
+        asyncio.run(produce(kafka_bootstrap, workers[0].topic("items"), [(i["item_id"], as_json(i)) for i in catalogue]))
+        for w in workers:
+            wait_until(lambda: replicas(w).get("catalogue_items") == len(catalogue)
+                       and replicas(w).get("ready"), 300, "the whole catalogue", w.proc)
+        yield workers
+    finally:
+        for w in workers:
+            stop_worker(w)
+
+
+@pytest.mark.timeout(900)
+def test_two_workers_catalogue_lists_routing_counters_and_failover(two_workers):
+    a, b = two_workers
+    bootstrap = a.env["STREAM_APP_KAFKA_BOOTSTRAP"]
+    n_items = len(load_catalogue())
+
+    # --- the whole catalogue on both, each item encoded by one worker only
+    assert asyncio.run(cleanup_policy(bootstrap, f"{a.env['STREAM_APP_APP_ID']}-item-vectors")) == "compact"
+    for w in (a, b):
+        assert replicas(w)["catalogue_items"] == n_items
+    assert a.stats()["items_encoded"] + b.stats()["items_encoded"] == n_items
+    assert a.stats()["items_encoded"] > 0 and b.stats()["items_encoded"] > 0  # both own `items` partitions
+
+    # --- lists as good as one worker's: each user's top 5 in their own or a related category
+    run = uuid.uuid4().hex[:6]
+    users = {f"{name}-{run}": (cat, lang) for name, cat, lang in USERS}
+    events = []
+    for k, (user, (cat, lang)) in enumerate(users.items()):
+        first, second, bought = items_of(cat, lang, 3)
+        for m, (kind, item) in enumerate([("view", first), ("view", second), ("purchase", bought)]):
+            events.append({"event_id": f"{user}-{m}", "user_id": user, "type": kind, "item_id": item,
+                           "ts": BASE_TS + 60 * (3 * k + m)})
+    recs = asyncio.run(play_and_collect(a, events, timeout=120))
+    last = {r["user_id"]: r for r in recs}
+    assert set(last) == set(users)
+    shares = {u: top5_related_share(last[u], users[u][0]) for u in users}
+    assert min(shares.values()) >= 0.6 and sum(shares.values()) / len(shares) >= 0.8, shares
+
+    # --- users whose partitions b owns (found with the producer's own partitioner), so the failover moves someone
+    owned_by_b = replicas(b)["behaviour_partitions"]
+    assert owned_by_b and set(owned_by_b).isdisjoint(replicas(a)["behaviour_partitions"])
+    partitioner, parts = DefaultPartitioner(), list(range(4))
+    movers = [u for u in (f"mover-{run}-{k}" for k in range(200)) if partitioner(u.encode(), parts, parts) in owned_by_b][:2]
+    mover_events = [{"event_id": f"{u}-{m}", "user_id": u, "type": kind, "item_id": item, "ts": BASE_TS + 60 * m}
+                    for u in movers for m, (kind, item) in enumerate(zip(["view", "purchase"], items_of("audio", "en", 2)))]
+    asyncio.run(play_and_collect(a, mover_events, timeout=120))
+    events += mover_events
+    expected = {**{u: 3 for u in users}, **{u: 2 for u in movers}}
+
+    # --- /users/<id>/ answers from either worker (routed to the owner of the user's partition)
+    for user, n in expected.items():
+        for w in (a, b):
+            view = get_json(f"{w.web}/users/{user}/")
+            assert view is not None and view["known"] and view["events"] == n, (w.web, user, view)
+
+    # --- both workers' counters equal one process counting the same events (see test_signal_state for the rule)
+    reference = SignalState()
+    count_events(reference, [parse_behaviour(as_json(e)) for e in events], CollabParams.from_settings(Settings()))
+    for w in (a, b):
+        wait_until(lambda: (replicas(w).get("signal") or {}).get("events_counted") == reference.collab.events,
+                   60, "the signal", w.proc)
+        assert_same_counters(get_json(f"{w.web}/replicas/counters/?top=1000"), reference)
+
+    # --- failover: SIGKILL b; a takes b's partitions (standby replicas) and serves every user with their state
+    os.killpg(b.proc.pid, signal.SIGKILL)
+    b.proc.wait()
+    killed_at = time.monotonic()
+    more = [{"event_id": f"{u}-last", "user_id": u, "type": "view", "item_id": items_of("audio", "en", 3)[2],
+             "ts": BASE_TS + 3600} for u in expected]
+    recs = asyncio.run(play_and_collect(a, more, timeout=180))
+    served_after_s = time.monotonic() - killed_at
+    assert {r["user_id"] for r in recs} >= set(expected)
+    assert set(replicas(a)["behaviour_partitions"]) == set(parts)
+    for user, n in expected.items():
+        view = get_json(f"{a.web}/users/{user}/")
+        assert view is not None and view["events"] == n + 1, (user, view)  # earlier events kept, none twice
+    # --- b restarts on its data dir: the catalogue resumes at its saved positions (nothing re-read), the signal from
+    # its last snapshot plus the tail, and its counters again equal one process's count of every event
+    b.proc = spawn(b.env, Path(b.env["STREAM_APP_DATA_DIR"]))
+    wait_until(lambda: replicas(b).get("ready"), 240, "the restarted worker", b.proc)
+    after = replicas(b)
+    assert after["catalogue_items"] == n_items and after["catalogue"]["records_read"] == 0
+    count_events(reference, [parse_behaviour(as_json(e)) for e in more], CollabParams.from_settings(Settings()))
+    assert after["signal"]["events_counted"] == reference.collab.events
+    assert 0 < after["signal"]["counted_since_start"] < reference.collab.events  # only the tail was replayed
+    assert_same_counters(get_json(f"{b.web}/replicas/counters/?top=1000"), reference)
+    print(f"\nall users (incl. {len(movers)} on the killed worker) served again {served_after_s:.1f} s after the "
+          f"SIGKILL; top-5 shares {shares}")
