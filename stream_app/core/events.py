@@ -6,9 +6,12 @@ import base64
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 BEHAVIOUR_TYPES = frozenset({"view", "click", "cart", "purchase", "review", "search", "dislike", "forget"})
 FORGET = "forget"  # deletes the user's state and every per-user trace the worker keeps (see README, Privacy)
@@ -186,6 +189,17 @@ def _check_meta(meta: MessageMeta | None, id_field: str, id_value: str, ts: floa
                          f"(at most {MAX_FUTURE_SKEW_S:.0f} s allowed)")
 
 
+def _judged_alone(parse: Callable[[Any, MessageMeta | None], T], raw: Any, meta: MessageMeta | None) -> T:
+    """parse(raw, meta), with any exception but EventError turned into one: a message that makes the parser fail in
+    any way (recursion, a huge number, a type nobody expected) is that message's fault and costs only itself."""
+    try:
+        return parse(raw, meta)
+    except EventError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a message provokes, it is that message's fault
+        raise EventError(f"unreadable message: {type(exc).__name__}: {exc}"[:DLQ_REASON_CHARS]) from None
+
+
 def parse_behaviour(raw: bytes | str | dict | None, meta: MessageMeta | None = None) -> BehaviourEvent:
     """Validate one behaviour message; raises EventError with the reason when it breaks the contract.
 
@@ -193,12 +207,7 @@ def parse_behaviour(raw: bytes | str | dict | None, meta: MessageMeta | None = N
     the broker timestamp. Any other exception while judging the message also becomes an EventError: one bad
     message never fails anything but itself.
     """
-    try:
-        return _parse_behaviour(raw, meta)
-    except EventError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - whatever a message provokes, it is that message's fault
-        raise EventError(f"unreadable message: {type(exc).__name__}: {exc}"[:DLQ_REASON_CHARS]) from None
+    return _judged_alone(_parse_behaviour, raw, meta)
 
 
 def _parse_behaviour(raw: bytes | str | dict | None, meta: MessageMeta | None) -> BehaviourEvent:
@@ -231,12 +240,7 @@ def parse_item(raw: bytes | str | dict | None, meta: MessageMeta | None = None) 
 
     With `meta` the key must equal item_id. Any exception while judging the message becomes an EventError.
     """
-    try:
-        return _parse_item(raw, meta)
-    except EventError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - whatever a message provokes, it is that message's fault
-        raise EventError(f"unreadable message: {type(exc).__name__}: {exc}"[:DLQ_REASON_CHARS]) from None
+    return _judged_alone(_parse_item, raw, meta)
 
 
 def _parse_item(raw: bytes | str | dict | None, meta: MessageMeta | None) -> ItemEvent:
