@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,6 +79,15 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def py_spy() -> str:
+    """The py-spy executable: on PATH, or beside this interpreter (a venv that was not activated)."""
+    beside = Path(sys.executable).with_name("py-spy")
+    found = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+    if found is None:
+        raise SystemExit("--profile needs py-spy: pip install -e '.[profile]'")
+    return found
+
+
 class Profiler:
     """py-spy sampling the worker (and its store child) during one phase, when --profile DIR is given."""
 
@@ -85,7 +95,7 @@ class Profiler:
         self.path = directory / f"{name.replace(' ', '-').replace('/', '_')}.txt" if directory else None
         self.proc: subprocess.Popen | None = None
         if self.path is not None:
-            self.proc = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "100", "--format", "raw",
+            self.proc = subprocess.Popen([py_spy(), "record", "--pid", str(pid), "--rate", "100", "--format", "raw",
                                           "--subprocesses", "--nonblocking", "--output", str(self.path)],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
