@@ -3,12 +3,12 @@
 The stream (Pipeline.recommend) and the evaluator's default model both call `candidate_pool` then `rank`; what
 the evaluator measures is what the stream sends. Inputs, for one user:
 - text hits: the user's interest-slot search hits merged by merge_slot_hits (Qdrant, or exact numpy search
-  offline), excluded items already dropped, the best `pool` of them;
+  offline), excluded items already dropped, the best `text_pool` of them;
 - cooc / seq: stream_app.core.collab's co-occurrence and directed-sequence scores (dicts over neighbours);
 - popular: items by popularity, best first (long enough to leave `pool` after the user's exclusions);
 - exclusions: the user's exclusion set (interest.exclusions), however long the history.
-Pool = the best `pool` non-excluded items of each signal (text, co-occurrence, sequence, popularity), in that
-order, deduplicated. Every normaliser below is a max over the pool, which holds each signal's best non-excluded
+Pool = the best `text_pool` non-excluded text hits, then the best `pool` non-excluded items of each counter signal
+(co-occurrence, sequence, popularity), in that order, deduplicated. Every normaliser below is a max over the pool, which holds each signal's best non-excluded
 item, so a score never depends on which other candidates happened to be fetched. For pool item j:
 
     score(j) = (text_weight + cold_text_weight * exp(-n(j) / cold_support)) * exp((text(j) - max text) / text_temperature)
@@ -49,6 +49,7 @@ class RankParams:
     """Pool size and blend weights (defaults: the Settings fields named in FIELDS)."""
 
     pool: int = field(default_factory=lambda: _default("rank_pool"))
+    text_pool: int = field(default_factory=lambda: _default("rank_text_pool"))
     text_weight: float = field(default_factory=lambda: _default("blend_text_weight"))
     cooc_weight: float = field(default_factory=lambda: _default("blend_cooc_weight"))
     seq_weight: float = field(default_factory=lambda: _default("blend_seq_weight"))
@@ -59,6 +60,7 @@ class RankParams:
 
     FIELDS = {
         "pool": "rank_pool",
+        "text_pool": "rank_text_pool",
         "text_weight": "blend_text_weight",
         "cooc_weight": "blend_cooc_weight",
         "seq_weight": "blend_seq_weight",
@@ -70,8 +72,8 @@ class RankParams:
 
     def __post_init__(self) -> None:
         """Reject values that make the blend meaningless."""
-        if self.pool < 1:
-            raise ValueError(f"pool must be >= 1, got {self.pool}")
+        if self.pool < 1 or self.text_pool < 1:
+            raise ValueError(f"pool and text_pool must be >= 1, got {self.pool}, {self.text_pool}")
         if not self.text_temperature > 0:
             raise ValueError(f"text_temperature must be > 0, got {self.text_temperature}")
         if not self.cold_support > 0:
@@ -105,11 +107,25 @@ def _as_set(exclude: Collection[str]) -> Collection[str]:
     return set(exclude)
 
 
+_NUMPY_TOP_K_FROM = 256  # below this many scores a heap is cheaper than building arrays
+
+
 def _top_k(scores: Mapping[str, float], k: int) -> list[tuple[str, float]]:
-    """The k best (id, score) pairs: score descending, then item id ascending (stable, deterministic)."""
+    """The k best (id, score) pairs: score descending, then item id ascending (stable, deterministic).
+
+    Large inputs: numpy finds the k-th best value, and only the ids scoring at least that much are sorted by the
+    full key (the same pairs and order as sorting everything).
+    """
     if k <= 0:
         return []
-    return heapq.nsmallest(k, scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    n = len(scores)
+    if n < _NUMPY_TOP_K_FROM or k >= n:
+        return heapq.nsmallest(k, scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    values = np.fromiter(scores.values(), np.float64, n)
+    kth = values[np.argpartition(-values, k - 1)[k - 1]]
+    keys = list(scores)
+    best = [(keys[r], scores[keys[r]]) for r in np.flatnonzero(values >= kth).tolist()]
+    return sorted(best, key=lambda kv: (-kv[1], kv[0]))[:k]
 
 
 def merge_slot_hits(
@@ -153,8 +169,22 @@ def popular_items(counts: Mapping[str, float], exclude: Collection[str], k: int)
 
 
 def _best_unexcluded(scores: Mapping[str, float], exclude: Collection[str], n: int) -> list[str]:
-    """The n best positive-scored ids not excluded (score descending, then id)."""
-    return [i for i, _ in _top_k({i: v for i, v in scores.items() if v > 0 and i not in exclude}, n)]
+    """The n best positive-scored ids not excluded (score descending, then id).
+
+    At most len(exclude) of the best n + len(exclude) can be excluded, so only those are tested (exact, and
+    O(len(scores)) heap work instead of a membership test per neighbour).
+    """
+    if n <= 0:
+        return []
+    head = n + len(exclude)
+    candidates = _top_k(scores, head) if head < len(scores) else sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    out: list[str] = []
+    for item_id, value in candidates:
+        if value <= 0 or len(out) == n:
+            break
+        if item_id not in exclude:
+            out.append(item_id)
+    return out
 
 
 def candidate_pool(
@@ -165,9 +195,10 @@ def candidate_pool(
     exclude: Collection[str],
     params: RankParams,
 ) -> list[str]:
-    """The user's candidates: the best params.pool non-excluded items of each signal, deduplicated, in order."""
+    """The user's candidates: the best params.text_pool non-excluded text hits, then the best params.pool
+    non-excluded items of each counter signal, deduplicated, in order."""
     n = params.pool
-    text = [i for i, _ in _top_k({i: v for i, v in text_hits.items() if i not in exclude}, n)]
+    text = [i for i, _ in _top_k(text_hits, params.text_pool + len(exclude)) if i not in exclude][:params.text_pool]
     pop: list[str] = []
     for item_id in popular:
         if len(pop) == n:
@@ -178,6 +209,43 @@ def candidate_pool(
     for part in (_best_unexcluded(cooc, exclude, n), _best_unexcluded(seq, exclude, n), pop):
         pool.update(dict.fromkeys(part))
     return list(pool)
+
+
+class VectorTable(Mapping[str, np.ndarray]):
+    """Item vectors as one (n, dim) float32 matrix plus an id -> row index: rank() gathers a user's candidates
+    with one fancy-index instead of stacking a vector per item (the stream builds one per batch, the evaluator one
+    for the whole catalogue). A Mapping, so rank() also takes a plain dict of vectors."""
+
+    def __init__(self, ids: Sequence[str], matrix: np.ndarray) -> None:
+        self.matrix = np.ascontiguousarray(matrix, dtype=np.float32).reshape(len(ids), -1)
+        self.row = {item_id: r for r, item_id in enumerate(ids)}
+
+    @classmethod
+    def of(cls, vectors: Mapping[str, np.ndarray], dim: int) -> VectorTable:
+        """A table of a mapping's vectors (itself when it already is one)."""
+        if isinstance(vectors, VectorTable):
+            return vectors
+        ids = list(vectors)
+        matrix = np.stack([np.asarray(vectors[i], np.float32).reshape(-1) for i in ids]) if ids \
+            else np.zeros((0, dim), np.float32)
+        return cls(ids, matrix)
+
+    def __getitem__(self, item_id: str) -> np.ndarray:
+        return self.matrix[self.row[item_id]]
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self.row
+
+    def __iter__(self):
+        return iter(self.row)
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def rows(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The vectors of these ids (all present), as a (len(item_ids), dim) matrix."""
+        row = self.row
+        return self.matrix[np.fromiter((row[i] for i in item_ids), np.int64, len(item_ids))]
 
 
 def text_affinity(item_vectors: np.ndarray, slot_vectors: np.ndarray, slot_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -215,8 +283,12 @@ def rank(
     if not items or k <= 0:
         return []
     dim = np.asarray(slot_vectors).shape[-1] if len(slot_weights) else len(np.asarray(vectors[items[0]]).reshape(-1))
-    mat = np.stack([np.asarray(vectors[i], np.float32).reshape(-1) for i in items]) if len(slot_weights) \
-        else np.zeros((len(items), dim), np.float32)
+    if not len(slot_weights):
+        mat = np.zeros((len(items), dim), np.float32)
+    elif isinstance(vectors, VectorTable):
+        mat = vectors.rows(items)
+    else:
+        mat = np.stack([np.asarray(vectors[i], np.float32).reshape(-1) for i in items])
     text, slot = text_affinity(mat, np.asarray(slot_vectors).reshape(-1, dim), slot_weights)
     parts_cooc = params.cooc_weight * _scaled(np.fromiter((cooc.get(i, 0.0) for i in items), np.float64, len(items)))
     parts_seq = params.seq_weight * _scaled(np.fromiter((seq.get(i, 0.0) for i in items), np.float64, len(items)))
@@ -227,6 +299,8 @@ def rank(
         text_weight = text_weight + params.cold_text_weight * np.exp(-n / params.cold_support)
     parts_text = text_weight * np.exp((text - text.max()) / params.text_temperature)
     score = parts_text + parts_cooc + parts_seq + parts_pop
-    order = sorted(range(len(items)), key=lambda r: (-score[r], items[r]))[:k]
+    # Score descending, ties by item id: only the items scoring at least the k-th best need the full key.
+    kth = score[np.argpartition(-score, min(k, len(items)) - 1)[min(k, len(items)) - 1]]
+    order = sorted(np.flatnonzero(score >= kth).tolist(), key=lambda r: (-score[r], items[r]))[:k]
     return [Ranked(items[r], float(score[r]), float(parts_text[r]), int(slot[r]), float(parts_cooc[r]),
                    float(parts_seq[r]), float(parts_pop[r])) for r in order]

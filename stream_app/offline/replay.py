@@ -22,7 +22,7 @@ from stream_app.core.interest import (
 )
 from stream_app.offline.datasets import Interactions
 from stream_app.offline.protocol import CUTOFFS, METRICS, Query, Result, rank_metrics
-from stream_app.core.ranking import Ranked, RankParams, candidate_pool, merge_slot_hits, rank
+from stream_app.core.ranking import Ranked, RankParams, VectorTable, candidate_pool, merge_slot_hits, rank
 from stream_app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class Default(InterestReplay):
         self.cparams, self.rparams = cparams, rparams
         self.collab = CollabState()
         self.index = {iid: i for i, iid in enumerate(data.item_ids)}
-        self.vectors = dict(zip(data.item_ids, emb))
+        self.vectors = VectorTable(data.item_ids, emb)
 
     def observe(self, ctx: Replay, pos: int) -> None:
         u, i = int(ctx.data.users[pos]), int(ctx.data.items[pos])
@@ -105,12 +105,12 @@ class Default(InterestReplay):
         excluded = exclusions(state)
         recent = consumed_items(state)
         rp = self.rparams
-        limit = min(rp.pool + len(excluded), ctx.emb.shape[0])
+        limit = min(rp.text_pool + len(excluded), ctx.emb.shape[0])
         hits = []
         for sims in (ctx.emb @ vecs.T).T if len(weights) else ():
             top = np.argpartition(-sims, limit - 1)[:limit]
             hits.append([(ctx.data.item_ids[j], float(sims[j])) for j in top])
-        text_hits = dict(merge_slot_hits(hits, weights, excluded, rp.pool))
+        text_hits = dict(merge_slot_hits(hits, weights, excluded, rp.text_pool))
         popular = collab.top_popular(self.collab, rp.pool + len(excluded))
         cooc = collab.cooc_scores(self.collab, recent, self.cparams)
         seq = collab.seq_scores(self.collab, recent, self.cparams)

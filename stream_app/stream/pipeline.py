@@ -24,7 +24,7 @@ from stream_app.core import collab
 from stream_app.core.collab import CollabParams, CollabState
 from stream_app.stream.metrics import Metrics
 from stream_app.core.interest import InterestParams, UserState, apply_event, consumed_items, exclusions, interest_vectors
-from stream_app.core.ranking import RankParams, candidate_pool, merge_slot_hits, rank
+from stream_app.core.ranking import RankParams, VectorTable, candidate_pool, merge_slot_hits, rank
 from stream_app.settings import Settings
 from stream_app.adapters.vectorstore import Hit, ItemRecord, ItemStore, open_item_store
 
@@ -312,37 +312,38 @@ class Pipeline:
         recent = {u: consumed_items(s) for u, s in states.items()}
         excluded = {u: exclusions(s) for u, s in states.items()}
         owners = [u for u in states if len(slots[u][1])]
-        # Post-filter instead of per-user store filters: one batched call, exact while limit >= pool + |excluded|.
-        limit = rp.pool + max((len(excluded[u]) for u in states), default=0)
-        hits_by_row = []
+        hits_by_row: list[list[Hit]] = []
         if owners:
             t0 = time.perf_counter()
-            # Hits carry the title only (what the list shows); the rest of the payload stays in the store.
+            # One batched call, post-filtered (rows whose exclusions ate into the pool get a filtered second call):
+            # exact, and the limit no longer grows with the longest history in the batch. Hits carry no payload:
+            # titles come with the records of the few items that are ranked.
             with self.metrics.store_call("search"):
-                hits_by_row = await self.store.search(np.concatenate([slots[u][0] for u in owners]).astype(np.float32),
-                                                      limit, payload_fields=["title"])
+                hits_by_row = await search_excluding(
+                    self.store, np.concatenate([slots[u][0] for u in owners]).astype(np.float32), rp.text_pool,
+                    [excluded[u] for u in owners for _ in range(len(slots[u][1]))], payload_fields=[])
             self.metrics.observe_search((time.perf_counter() - t0) * 1e3)
             self.metrics.store_searches += 1
         text_hits: dict[str, dict[str, float]] = {u: {} for u in states}
-        payloads: dict[str, dict] = {}
         row = 0
         for u in owners:
             n = len(slots[u][1])
             hit_lists = hits_by_row[row:row + n]
             row += n
-            payloads.update({h.item_id: h.payload for hits in hit_lists for h in hits})
+            # search_excluding already dropped the user's exclusions
             text_hits[u] = dict(merge_slot_hits([[(h.item_id, h.score) for h in hits] for hits in hit_lists],
-                                                slots[u][1], excluded[u], rp.pool))
-        popular = collab.top_popular(self.collab, limit)  # enough for the pool after any user's exclusions
+                                                slots[u][1], (), rp.text_pool))
+        # Enough popular items for the pool after any user's exclusions; also the online evaluation's baseline.
+        popular = collab.top_popular(self.collab, rp.pool + max((len(excluded[u]) for u in states), default=0))
         cooc = {u: collab.cooc_scores(self.collab, recent[u], self.cparams) for u in states}
         seq = {u: collab.seq_scores(self.collab, recent[u], self.cparams) for u in states}
         pools = {u: candidate_pool(text_hits[u], cooc[u], seq[u], popular, excluded[u], rp) for u in states}
         # Counter items come from the stream, not the store: only items with a stored record are in the catalogue.
-        # One round trip (cache first) brings the vectors every pool item's text affinity needs and the payloads.
+        # One round trip (cache first) brings the vectors every pool item's text affinity needs and the payloads,
+        # gathered into one matrix for the batch.
         records = await self.records_for(sorted({i for pool in pools.values() for i in pool}))
-        for i, record in records.items():
-            payloads.setdefault(i, record.payload)
-        vectors = {i: record.vector for i, record in records.items()}
+        payloads = {i: record.payload for i, record in records.items()}
+        vectors = VectorTable.of({i: record.vector for i, record in records.items()}, self.dim)
         known = collab.support(self.collab, sorted(vectors), self.cparams)
         ranked = {u: rank(pools[u], vectors, *slots[u], cooc[u], seq[u], self.collab.pop, known, rp, k) for u in states}
         out: dict[str, Recommendation] = {}
@@ -357,7 +358,7 @@ class Pipeline:
                               "title": payloads.get(r.item_id, {}).get("title", ""), "why": why})
             strategy = "blend" if len(weights) else "popular"
             out[u] = Recommendation(u, items, strategy, [round(float(w), 4) for w in weights])
-        bestsellers = collab.top_popular(self.collab, limit)  # the online evaluation's baseline list
+        bestsellers = popular  # the online evaluation's baseline list
         for user_id, rec in out.items():
             seen = set(recent[user_id])
             self.metrics.online.list_sent(user_id, [i["item_id"] for i in rec.items],

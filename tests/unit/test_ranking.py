@@ -89,13 +89,16 @@ from stream_app.core.ranking import RankParams, candidate_pool, rank, text_affin
 
 
 def test_pool_takes_each_signals_best_unexcluded_items() -> None:
-    p = RankParams(pool=2)
+    p = RankParams(pool=2, text_pool=2)
     text = {"t1": 0.9, "t2": 0.8, "t3": 0.7, "x": 0.99}
     cooc = {f"c{k}": float(10 - k) for k in range(5)} | {"x": 100.0}
     seq = {"s1": 1.0, "t1": 5.0}
     pool = candidate_pool(text, cooc, seq, ["x", "p1", "p2", "p3"], {"x", "c0"}, p)
     # text t1,t2; cooc c1,c2 (c0 and x excluded, however high); seq t1 (dup), s1; popular p1,p2 (x excluded)
     assert pool == ["t1", "t2", "c1", "c2", "s1", "p1", "p2"]
+    # the text pool has its own size (the search limit)
+    assert candidate_pool(text, cooc, seq, ["x", "p1", "p2", "p3"], {"x", "c0"}, RankParams(pool=2, text_pool=3))[:3] \
+        == ["t1", "t2", "t3"]
 
 
 def test_rank_blend_hand_computed_with_parts() -> None:
@@ -138,3 +141,37 @@ def test_text_affinity_matches_merge_slot_hits() -> None:
     assert [merged[i] for i in ids] == pytest.approx(aff.tolist(), abs=1e-6)
     assert slot[0] == 0 and slot[1] == 1
     assert text_affinity(items, np.zeros((0, 8)), np.zeros(0))[0].tolist() == [0.0] * 20
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.integers(-3, 40), min_size=0, max_size=700), k=st.integers(1, 300))
+def test_top_k_numpy_path_equals_a_full_sort(values, k) -> None:
+    """Above the heap threshold _top_k partitions with numpy; ties (many here) must still break by id."""
+    from stream_app.core.ranking import _top_k  # noqa: PLC0415
+
+    scores = {f"i{n:04d}": v / 7 for n, v in enumerate(values)}
+    assert _top_k(scores, k) == sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 12))
+def test_a_text_pool_of_k_gives_the_same_top_k_as_a_larger_one(seed, k) -> None:
+    """rank_text_pool's claim: with no cold-item text weight, no text hit below rank k makes a top-k list."""
+    rng = np.random.default_rng(seed)
+    ids = [f"i{n}" for n in range(60)]
+    vectors = {i: v / np.linalg.norm(v) for i, v in zip(ids, rng.normal(size=(60, 8)).astype(np.float32))}
+    slots = rng.normal(size=(2, 8)).astype(np.float32)
+    weights = np.array([0.7, 0.3])
+    text = dict(zip(ids, text_affinity(np.stack(list(vectors.values())), slots, weights)[0].tolist()))
+    cooc = {i: float(rng.exponential()) for i in rng.choice(ids, 20, replace=False)}
+    seq = {i: float(rng.exponential()) for i in rng.choice(ids, 10, replace=False)}
+    pop = {i: float(rng.integers(1, 9)) for i in ids}
+    popular = sorted(ids, key=lambda i: (-pop[i], i))
+    exclude = set(rng.choice(ids, 5, replace=False).tolist())
+
+    def top(text_pool: int) -> list[str]:
+        p = RankParams(pool=30, text_pool=text_pool, pop_weight=0.1, cold_text_weight=0.0)
+        pool = candidate_pool(text, cooc, seq, popular, exclude, p)
+        return [r.item_id for r in rank(pool, vectors, slots, weights, cooc, seq, pop, {}, p, k)]
+
+    assert top(k) == top(60)
