@@ -110,7 +110,8 @@ class TextEncoder:
     """
 
     def __init__(
-        self, model_dir: Path, *, int8: bool = False, provider: str = "auto", threads: int = 0, batch_size: int = 64
+        self, model_dir: Path, *, int8: bool = False, provider: str = "auto", threads: int = 0, batch_size: int = 64,
+        spin: bool = False,
     ) -> None:
         model_dir = Path(model_dir)
         self.manifest = Manifest.load(model_dir)
@@ -123,6 +124,9 @@ class TextEncoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = max(0, int(threads))
         options.inter_op_num_threads = 1
+        # Spin-waiting intra-op threads take cores the event loop, the store process and the broker need, and
+        # stall when one is taken (see Settings.encoder_spin).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         providers = [self.provider, CPU] if self.provider == CUDA else [CPU]
         self.session = ort.InferenceSession(str(graph), options, providers=providers)
         self.inputs = graph_inputs(self.session)
@@ -182,4 +186,5 @@ def load_encoder(settings: Settings) -> TextEncoder:
         provider=settings.encoder_provider,
         threads=settings.encoder_threads,
         batch_size=settings.encoder_batch_size,
+        spin=settings.encoder_spin,
     )
