@@ -133,7 +133,10 @@ class Settings(BaseSettings):
     blend_pop_weight: float = Field(0.0, ge=0, description="Weight of popularity (0: popularity only fills lists of users with no other signal; see README, Offline evaluation).")
     blend_text_temperature: float = Field(0.02, gt=0, description="Temperature of the text affinity's exp().")
     blend_cold_text_weight: float = Field(0.0, ge=0, description="Extra text weight of items with little support.")
-    blend_cold_support: float = Field(5.0, gt=0, description="Interactions at which the extra text weight falls to 1/e.")
+    blend_cold_collab_weight: float = Field(0.0, ge=0, description="Extra factor on the co-occurrence and sequence parts "
+                                            "of items with little support: x (1 + w exp(-n/blend_cold_support)); 0: off "
+                                            "(it costs more warm hits than it wins cold ones on validation, see README).")
+    blend_cold_support: float = Field(5.0, gt=0, description="Interactions at which the extra cold weights fall to 1/e.")
     exclude_types: str = Field(
         "view,click,review,cart,purchase,dislike",
         description="Comma-separated event types whose item is never recommended again to that user; purchase and "

@@ -11,12 +11,15 @@ Pool = the best `text_pool` non-excluded text hits, then the best `pool` non-exc
 (co-occurrence, sequence, popularity), in that order, deduplicated. Every normaliser below is a max over the pool, which holds each signal's best non-excluded
 item, so a score never depends on which other candidates happened to be fetched. For pool item j:
 
-    score(j) = (text_weight + cold_text_weight * exp(-n(j) / cold_support)) * exp((text(j) - max text) / text_temperature)
-             + cooc_weight * cooc(j) / max cooc + seq_weight * seq(j) / max seq + pop_weight * pop(j) / max pop
+    score(j) = (text_weight + cold_text_weight * cold(j)) * exp((text(j) - max text) / text_temperature)
+             + (1 + cold_collab_weight * cold(j)) * (cooc_weight * cooc(j) / max cooc + seq_weight * seq(j) / max seq)
+             + pop_weight * pop(j) / max pop,        cold(j) = exp(-n(j) / cold_support)
 
 with text(j) = max_s w_s <e_j, v_s> recomputed from the item's stored vector (so the store's float rounding
 never reaches the score) and n(j) the item's (decayed) interaction count, collab.support: an item the counters
-know little about (a new item) leans on its text. Ties break by item id. `rank` returns each item's parts for "why this item".
+know little about (a new item) leans on its text (cold_text_weight) and on its few counts (cold_collab_weight:
+a count from one or two users weighs more than the ItemKNN damping alone gives it). Both are off by default: on
+ML-100K validation they cost more warm hits than they win cold ones (README, Offline evaluation). Ties break by item id. `rank` returns each item's parts for "why this item".
 
 An item's score is the MAX over slots of slot_weight * similarity, not the weighted sum: an item is as good as
 its best match to one interest; a sum would reward items that happen to make several slots' truncated hit lists
@@ -56,6 +59,7 @@ class RankParams:
     pop_weight: float = field(default_factory=lambda: _default("blend_pop_weight"))
     text_temperature: float = field(default_factory=lambda: _default("blend_text_temperature"))
     cold_text_weight: float = field(default_factory=lambda: _default("blend_cold_text_weight"))
+    cold_collab_weight: float = field(default_factory=lambda: _default("blend_cold_collab_weight"))
     cold_support: float = field(default_factory=lambda: _default("blend_cold_support"))
 
     FIELDS = {
@@ -67,6 +71,7 @@ class RankParams:
         "pop_weight": "blend_pop_weight",
         "text_temperature": "blend_text_temperature",
         "cold_text_weight": "blend_cold_text_weight",
+        "cold_collab_weight": "blend_cold_collab_weight",
         "cold_support": "blend_cold_support",
     }
 
@@ -78,7 +83,8 @@ class RankParams:
             raise ValueError(f"text_temperature must be > 0, got {self.text_temperature}")
         if not self.cold_support > 0:
             raise ValueError(f"cold_support must be > 0, got {self.cold_support}")
-        if min(self.text_weight, self.cooc_weight, self.seq_weight, self.pop_weight, self.cold_text_weight) < 0:
+        if min(self.text_weight, self.cooc_weight, self.seq_weight, self.pop_weight, self.cold_text_weight,
+               self.cold_collab_weight) < 0:
             raise ValueError("blend weights must be >= 0")
 
     @classmethod
@@ -294,9 +300,12 @@ def rank(
     parts_seq = params.seq_weight * _scaled(np.fromiter((seq.get(i, 0.0) for i in items), np.float64, len(items)))
     parts_pop = params.pop_weight * _scaled(np.fromiter((pop.get(i, 0.0) for i in items), np.float64, len(items)))
     text_weight = params.text_weight
-    if params.cold_text_weight:  # items the counters know little about lean on the text
+    if params.cold_text_weight or params.cold_collab_weight:  # items the counters know little about
         n = np.fromiter((support.get(i, 0.0) for i in items), np.float64, len(items))
-        text_weight = text_weight + params.cold_text_weight * np.exp(-n / params.cold_support)
+        cold = np.exp(-n / params.cold_support)
+        text_weight = text_weight + params.cold_text_weight * cold
+        parts_cooc = parts_cooc * (1.0 + params.cold_collab_weight * cold)
+        parts_seq = parts_seq * (1.0 + params.cold_collab_weight * cold)
     parts_text = text_weight * np.exp((text - text.max()) / params.text_temperature)
     score = parts_text + parts_cooc + parts_seq + parts_pop
     # Score descending, ties by item id: only the items scoring at least the k-th best need the full key.

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     p.add_argument("--tune", nargs="?", const="all", metavar="STAGES",
                    help="search parameters on validation targets: all, or a comma-separated subset of "
-                        "interest,weights,cooc,beta,half_life,seq,blend,item-knn")
+                        "interest,weights,cooc,beta,half_life,seq,blend,cold,item-knn")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

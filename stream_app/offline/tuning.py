@@ -110,23 +110,27 @@ def blend_metrics(rec: Recorded, rp: RankParams) -> dict[str, float]:
         top = np.where(rec.pool, x, 0.0).max(axis=1, keepdims=True)
         return np.divide(x, top, out=np.zeros_like(x), where=top > 0)
 
-    score = rp.cooc_weight * scaled(rec.cooc) + rp.seq_weight * scaled(rec.seq) + rp.pop_weight * scaled(rec.pop)
+    cold = np.exp(-rec.support / rp.cold_support)
+    score = (1.0 + rp.cold_collab_weight * cold) * (rp.cooc_weight * scaled(rec.cooc) + rp.seq_weight * scaled(rec.seq)) \
+        + rp.pop_weight * scaled(rec.pop)
     if rp.text_weight:
         top = np.where(rec.pool, rec.text, -np.inf).max(axis=1, keepdims=True)
         top = np.where(np.isfinite(top), top, 0.0)
-        weight = rp.text_weight + rp.cold_text_weight * np.exp(-rec.support / rp.cold_support)
+        weight = rp.text_weight + rp.cold_text_weight * cold
         score = score + weight * np.exp(np.minimum((rec.text - top) / rp.text_temperature, 50.0))
     score = np.where(rec.pool, score, -np.inf)
     m = rank_metrics(score, rec.targets, rec.excluded)
     out = {k: float(v.mean()) for k, v in m.items() if k in METRICS}
     out["cold hr@10"] = float(m["hr@10"][rec.cold].mean()) if rec.cold.any() else 0.0
+    out["hits"] = float(m["hr@10"].sum())
+    out["cold hits"] = float(m["hr@10"][rec.cold].sum())
     return out
 
 
 def tune(data: Interactions, emb: np.ndarray, settings: Settings, stages: str = "all", out=sys.stdout) -> None:
     """Coordinate search on validation targets only; prints every grid and the chosen values.
 
-    stages: "all" or a comma-separated subset of interest, weights, cooc, beta, half_life, seq, blend, item-knn.
+    stages: "all" or a comma-separated subset of interest, weights, cooc, beta, half_life, seq, blend, cold, item-knn.
     The interest model is tuned on its own text ranking (standard mode only: a user's own events before a target
     are the same in both modes); the counters and the blend on the default's mean validation NDCG@10 over both modes.
     """
@@ -199,6 +203,34 @@ def tune(data: Interactions, emb: np.ndarray, settings: Settings, stages: str = 
         print(f"\nchosen (within {BLEND_TOLERANCE:.0%} of the best NDCG@10, best cold HR@10 = {chosen[1]:.4f}, "
               f"NDCG@10 {chosen[0]:.4f}): {dict(zip(grid, chosen[2]))}", file=out, flush=True)
 
+    def cold_stage(grid: list[tuple[float, float, float]]) -> None:
+        """The cold-item boosts (cold_collab_weight, cold_text_weight, cold_support) as a trade-off table: validation
+        HR@10 hits won or lost against the current setting, over all targets and over the cold-item targets, per
+        mode. A boost is chosen only if it wins cold hits without losing any hit over all targets in either mode."""
+        nonlocal rp
+        recs = {mode: record(data, emb, mode, ip, cp, rp) for mode in MODES}
+        base = {mode: blend_metrics(r, rp) for mode, r in recs.items()}
+        n_cold = {mode: int(r.cold.sum()) for mode, r in recs.items()}
+        print(f"\n### cold-item boosts (validation; hits against the current setting; cold-item targets: {n_cold})\n\n"
+              "| cold_collab_weight | cold_text_weight | cold_support | std hits | std cold hits | std NDCG@10 | "
+              "stream hits | stream cold hits | stream NDCG@10 |\n|---|---|---|---|---|---|---|---|---|", file=out)
+        best = None
+        for w_collab, w_text, support in grid:
+            rp_ = replace(rp, cold_collab_weight=w_collab, cold_text_weight=w_text, cold_support=support)
+            per = {mode: blend_metrics(r, rp_) for mode, r in recs.items()}
+            d = {mode: (per[mode]["hits"] - base[mode]["hits"], per[mode]["cold hits"] - base[mode]["cold hits"])
+                 for mode in MODES}
+            print(f"| {w_collab} | {w_text} | {support} | {d['standard'][0]:+.0f} | {d['standard'][1]:+.0f} | "
+                  f"{per['standard']['ndcg@10']:.4f} | {d['streaming'][0]:+.0f} | {d['streaming'][1]:+.0f} | "
+                  f"{per['streaming']['ndcg@10']:.4f} |", file=out, flush=True)
+            cold_gain = sum(v[1] for v in d.values())
+            if all(v[0] >= 0 for v in d.values()) and cold_gain > 0 and (best is None or cold_gain > best[0]):
+                best = (cold_gain, rp_)
+        if best is not None:
+            rp = best[1]
+        print(f"\nchosen: cold_collab_weight={rp.cold_collab_weight} cold_text_weight={rp.cold_text_weight} "
+              f"cold_support={rp.cold_support}", file=out, flush=True)
+
     def itemknn_stage(lasts: list[int]) -> None:
         table("item-knn: last N distinct items scored (validation)", "std NDCG@10 | std HR@10 | stream NDCG@10 | stream HR@10")
         per_mode = {}
@@ -248,6 +280,8 @@ def tune(data: Interactions, emb: np.ndarray, settings: Settings, stages: str = 
                                f"seq_query_items={c.seq_query_items} seq_recency={c.seq_recency}")
     if "blend" in run:
         blend_stage("blend weights", g["blend"])
+    if "cold" in run:
+        cold_stage(g["cold"])
     if "item-knn" in run:
         itemknn_stage(g["item-knn"])
     print(f"\nbest interest params: {ip}\nbest collab params: {cp}\nbest rank params: {rp}", file=out, flush=True)
@@ -274,5 +308,8 @@ TUNE_GRID: dict[str, list] = {
         "text_temperature": [0.02, 0.05],
         "cold_text_weight": [0.0, 0.5, 1.0],
     },
+    # (cold_collab_weight, cold_text_weight, cold_support)
+    "cold": [(0.0, 0.0, 5.0)] + [(c, t, s) for s in (2.0, 3.0, 5.0) for c in (0.0, 0.5, 1.0, 2.0) for t in (0.0, 0.5)
+                                 if c or t],
     "item-knn": [1, 2, 3, 5, 10, 20, 50],
 }

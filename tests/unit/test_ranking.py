@@ -175,3 +175,52 @@ def test_a_text_pool_of_k_gives_the_same_top_k_as_a_larger_one(seed, k) -> None:
         return [r.item_id for r in rank(pool, vectors, slots, weights, cooc, seq, pop, {}, p, k)]
 
     assert top(k) == top(60)
+
+
+def test_cold_collab_weight_raises_the_counters_of_little_supported_items() -> None:
+    """(1 + cold_collab_weight * exp(-n/cold_support)) multiplies the co-occurrence and sequence parts; a well
+    supported item keeps (almost) its plain score, so a cold item with weaker counts can pass it."""
+    p = RankParams(pool=10, text_weight=0.0, cooc_weight=1.0, seq_weight=0.5, pop_weight=0.0, cold_collab_weight=2.0,
+                   cold_support=1.0)
+    vectors = {i: np.ones(2, np.float32) / np.sqrt(2) for i in ("warm", "cold")}
+    cooc, seq, support = {"warm": 4.0, "cold": 2.0}, {"warm": 2.0, "cold": 1.0}, {"warm": 100.0, "cold": 0.0}
+    out = rank(["warm", "cold"], vectors, np.zeros((0, 2)), np.zeros(0), cooc, seq, {}, support, p, k=2)
+    expect = {"warm": (1.0 + 0.5) * (1 + 2 * np.exp(-100.0)), "cold": (2 / 4 + 0.5 * 1 / 2) * (1 + 2 * np.exp(0.0))}
+    assert [r.item_id for r in out] == ["cold", "warm"]
+    for r in out:
+        assert r.score == pytest.approx(expect[r.item_id]) and r.score == pytest.approx(r.cooc + r.seq + r.text + r.pop)
+    off = rank(["warm", "cold"], vectors, np.zeros((0, 2)), np.zeros(0), cooc, seq, {}, support,
+               RankParams(pool=10, text_weight=0.0, cooc_weight=1.0, seq_weight=0.5, pop_weight=0.0), k=2)
+    assert [r.item_id for r in off] == ["warm", "cold"]
+    with pytest.raises(ValueError):
+        RankParams(cold_collab_weight=-1.0)
+
+
+def test_tuning_blend_metrics_score_like_rank_with_cold_boosts() -> None:
+    """The tuner's vectorised blend (stream_app.offline.tuning.blend_metrics) ranks like ranking.rank, cold boosts
+    included: each item's NDCG@10 as a target is 1/log2(position + 2) of its position in rank()'s list."""
+    from stream_app.offline.tuning import Recorded, blend_metrics
+
+    rng = np.random.default_rng(3)
+    n, dim = 40, 8
+    ids = [f"i{j:02d}" for j in range(n)]
+    emb = rng.normal(size=(n, dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    slots, weights = emb[:2] + 0.1, np.array([0.7, 0.3])
+    cooc = np.where(rng.random(n) < 0.5, rng.random(n), 0.0)
+    seq = np.where(rng.random(n) < 0.3, rng.random(n), 0.0)
+    support = rng.integers(0, 6, n).astype(np.float64)
+    p = RankParams(pool=n, text_weight=0.05, cooc_weight=1.0, seq_weight=0.5, pop_weight=0.0, text_temperature=0.05,
+                   cold_text_weight=0.3, cold_collab_weight=1.5, cold_support=2.0)
+    ranked = rank(ids, dict(zip(ids, emb)), slots, weights, dict(zip(ids, cooc)), dict(zip(ids, seq)), {},
+                  dict(zip(ids, support)), p, k=n)
+    position = {r.item_id: pos for pos, r in enumerate(ranked)}
+    text = text_affinity(emb, slots, weights)[0]
+    rec = Recorded(np.tile(text, (n, 1)), np.tile(cooc, (n, 1)), np.tile(seq, (n, 1)), np.zeros((n, n)),
+                   np.tile(support, (n, 1)), np.ones((n, n), bool), np.arange(n), np.zeros((n, n), bool),
+                   np.zeros(n, bool))
+    hits = sum(position[i] < 10 for i in ids)
+    m = blend_metrics(rec, p)
+    assert m["hits"] == pytest.approx(hits)
+    expected_ndcg = np.mean([1 / np.log2(position[i] + 2) if position[i] < 10 else 0.0 for i in ids])
+    assert m["ndcg@10"] == pytest.approx(expected_ndcg)
