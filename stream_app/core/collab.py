@@ -199,14 +199,17 @@ def _neighbour_scores(
         n_h = count.get(h, 0.0)
         if row and n_h > 0:
             w = weight / math.sqrt(n_h)
-            for j, c in row.items():
-                acc[j] = acc.get(j, 0.0) + w * c
+            if acc:
+                get = acc.get
+                for j, c in row.items():
+                    acc[j] = get(j, 0.0) + w * c
+            else:  # the first row: the same values (0.0 + x == x), built in one comprehension
+                acc = {j: w * c for j, c in row.items()}
         weight *= recency
     if beta:
-        for j in acc:
-            n_j = count.get(j)
-            if n_j:  # a neighbour this process never counted (its user's history predates a restart) stays raw
-                acc[j] /= n_j**beta
+        # a neighbour this process never counted (its user's history predates a restart) stays raw
+        get = count.get
+        acc = {j: v / n_j**beta if (n_j := get(j)) else v for j, v in acc.items()}
     return acc
 
 

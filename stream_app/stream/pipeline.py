@@ -23,8 +23,10 @@ from stream_app.core.events import BehaviourEvent, ItemEvent
 from stream_app.core import collab
 from stream_app.core.collab import CollabParams, CollabState
 from stream_app.stream.metrics import Metrics
-from stream_app.core.interest import InterestParams, UserState, apply_event, consumed_items, exclusions, interest_vectors
-from stream_app.core.ranking import RankParams, VectorTable, candidate_pool, merge_slot_hits, rank
+from stream_app.core.interest import (
+    Exclusions, InterestParams, UserState, apply_event, consumed_items, exclusions, interest_vectors,
+)
+from stream_app.core.ranking import Ranked, RankParams, VectorTable, candidate_pool, merge_slot_hits, rank
 from stream_app.settings import Settings
 from stream_app.adapters.vectorstore import Hit, ItemRecord, ItemStore, open_item_store
 
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 # Rows whose exclusions ate into the pool are searched again with their own filter (exact either way):
 # qdrant-edge's per-row filters cost more than this much over-fetching (see README, Performance).
 OVERFETCH = 32
+
+# Users per pipelined step of Pipeline.recommend (their slot rows make one store search).
+RECOMMEND_CHUNK = 64
 
 
 async def search_excluding(store: ItemStore, vectors: np.ndarray, pool: int,
@@ -300,10 +305,39 @@ class Pipeline:
         self.last_recommendations.pop(user_id, None)
         self.metrics.forget_user(user_id)
 
+    async def _text_hits(self, users: Sequence[str], slots: dict[str, tuple[np.ndarray, np.ndarray]],
+                         excluded: dict[str, Exclusions]) -> dict[str, dict[str, float]]:
+        """Each user's best rank_text_pool non-excluded items by max over slots of slot weight x cosine (one
+        batched search, post-filtered: see search_excluding); users without slots get none."""
+        rp = self.rparams
+        text_hits: dict[str, dict[str, float]] = {u: {} for u in users}
+        owners = [u for u in users if len(slots[u][1])]
+        if not owners or self.store is None:
+            return text_hits
+        t0 = time.perf_counter()
+        # Hits carry no payload: titles come with the records of the items that are ranked.
+        with self.metrics.store_call("search"):
+            hits_by_row = await search_excluding(
+                self.store, np.concatenate([slots[u][0] for u in owners]).astype(np.float32), rp.text_pool,
+                [excluded[u] for u in owners for _ in range(len(slots[u][1]))], payload_fields=[])
+        self.metrics.observe_search((time.perf_counter() - t0) * 1e3)
+        self.metrics.store_searches += 1
+        row = 0
+        for u in owners:
+            n = len(slots[u][1])
+            # search_excluding already dropped the user's exclusions
+            text_hits[u] = dict(merge_slot_hits([[(h.item_id, h.score) for h in hits] for hits in hits_by_row[row:row + n]],
+                                                slots[u][1], (), rp.text_pool))
+            row += n
+        return text_hits
+
     async def recommend(self, states: dict[str, UserState], now: float) -> dict[str, Recommendation]:
         """Top-k per user by the one ranking function (stream_app.core.ranking.candidate_pool + rank), the same calls
-        the evaluator's default model makes: slot search (one batched store call) merged by merge_slot_hits,
+        the evaluator's default model makes: slot search (batched store calls) merged by merge_slot_hits,
         co-occurrence, sequence and popularity candidates, the user's whole exclusion set, the blend.
+
+        Users go in chunks of RECOMMEND_CHUNK, pipelined: the store searches chunk i+1 (in its own process) while
+        this thread scores and ranks chunk i, so a batch costs about max(search, ranking) instead of their sum.
         """
         if self.store is None:
             raise RuntimeError("Pipeline.start() first")
@@ -311,43 +345,37 @@ class Pipeline:
         slots = {u: interest_vectors(s, now, self.params) for u, s in states.items()}
         recent = {u: consumed_items(s) for u, s in states.items()}
         excluded = {u: exclusions(s) for u, s in states.items()}
-        owners = [u for u in states if len(slots[u][1])]
-        hits_by_row: list[list[Hit]] = []
-        if owners:
-            t0 = time.perf_counter()
-            # One batched call, post-filtered (rows whose exclusions ate into the pool get a filtered second call):
-            # exact, and the limit no longer grows with the longest history in the batch. Hits carry no payload:
-            # titles come with the records of the few items that are ranked.
-            with self.metrics.store_call("search"):
-                hits_by_row = await search_excluding(
-                    self.store, np.concatenate([slots[u][0] for u in owners]).astype(np.float32), rp.text_pool,
-                    [excluded[u] for u in owners for _ in range(len(slots[u][1]))], payload_fields=[])
-            self.metrics.observe_search((time.perf_counter() - t0) * 1e3)
-            self.metrics.store_searches += 1
-        text_hits: dict[str, dict[str, float]] = {u: {} for u in states}
-        row = 0
-        for u in owners:
-            n = len(slots[u][1])
-            hit_lists = hits_by_row[row:row + n]
-            row += n
-            # search_excluding already dropped the user's exclusions
-            text_hits[u] = dict(merge_slot_hits([[(h.item_id, h.score) for h in hits] for hits in hit_lists],
-                                                slots[u][1], (), rp.text_pool))
         # Enough popular items for the pool after any user's exclusions; also the online evaluation's baseline.
         popular = collab.top_popular(self.collab, rp.pool + max((len(excluded[u]) for u in states), default=0))
-        cooc = {u: collab.cooc_scores(self.collab, recent[u], self.cparams) for u in states}
-        seq = {u: collab.seq_scores(self.collab, recent[u], self.cparams) for u in states}
-        pools = {u: candidate_pool(text_hits[u], cooc[u], seq[u], popular, excluded[u], rp) for u in states}
-        # Counter items come from the stream, not the store: only items with a stored record are in the catalogue.
-        # One round trip (cache first) brings the vectors every pool item's text affinity needs and the payloads,
-        # gathered into one matrix for the batch.
-        records = await self.records_for(sorted({i for pool in pools.values() for i in pool}))
-        payloads = {i: record.payload for i, record in records.items()}
-        vectors = VectorTable.of({i: record.vector for i, record in records.items()}, self.dim)
-        known = collab.support(self.collab, sorted(vectors), self.cparams)
-        ranked = {u: rank(pools[u], vectors, *slots[u], cooc[u], seq[u], self.collab.pop, known, rp, k) for u in states}
+        users = list(states)
+        chunks = [users[i:i + RECOMMEND_CHUNK] for i in range(0, len(users), RECOMMEND_CHUNK)]
+        ranked: dict[str, list[Ranked]] = {}
+        payloads: dict[str, dict] = {}
+        if not users:
+            return {}
+        search = asyncio.ensure_future(self._text_hits(chunks[0], slots, excluded))
+        try:
+            for c, chunk in enumerate(chunks):
+                cooc = {u: collab.cooc_scores(self.collab, recent[u], self.cparams) for u in chunk}
+                seq = {u: collab.seq_scores(self.collab, recent[u], self.cparams) for u in chunk}
+                text_hits = await search  # chunk c's search, started before chunk c-1 was ranked
+                pools = {u: candidate_pool(text_hits[u], cooc[u], seq[u], popular, excluded[u], rp) for u in chunk}
+                # Counter items come from the stream, not the store: only items with a stored record are in the
+                # catalogue. One round trip (cache first) brings the vectors every pool item's text affinity needs
+                # and the payloads, gathered into one matrix for the chunk.
+                records = await self.records_for(sorted({i for pool in pools.values() for i in pool}))
+                if c + 1 < len(chunks):
+                    search = asyncio.ensure_future(self._text_hits(chunks[c + 1], slots, excluded))
+                payloads.update((i, record.payload) for i, record in records.items())
+                vectors = VectorTable.of({i: record.vector for i, record in records.items()}, self.dim)
+                known = collab.support(self.collab, list(vectors), self.cparams)
+                for u in chunk:
+                    ranked[u] = rank(pools[u], vectors, *slots[u], cooc[u], seq[u], self.collab.pop, known, rp, k)
+        finally:
+            if not search.done():  # an error above: do not leave the next chunk's search behind
+                search.cancel()
         out: dict[str, Recommendation] = {}
-        for u in states:
+        for u in users:
             weights = slots[u][1]
             items = []
             for r in ranked[u]:

@@ -195,6 +195,10 @@ async def test_embedded_store_keeps_data_when_reopened(tmp_path: Path):
         assert await second.count() == 59
         [hits] = await second.search(cat[1], limit=1)
         assert hits[0].item_id == "sku-1"
+        # ids-only searches map point ids back to item ids: the new child learns them from the stored payloads
+        rows = await second.search(cat[1:40], limit=3, payload_fields=[])
+        assert [r[0].item_id for r in rows] == [f"sku-{i}" for i in range(1, 40)]
+        assert rows[0][0].payload == {ITEM_ID_KEY: "sku-1"}
         with pytest.raises(ValueError):
             await second.ensure_collection(DIM * 2)
     finally:
@@ -301,6 +305,11 @@ async def test_search_can_return_only_some_payload_fields(store):
     await store.upsert(records(cat))
     [hits] = await store.search(cat[3], limit=2, payload_fields=["title"])
     assert hits[0].payload == {"title": "item 3", ITEM_ID_KEY: "sku-3"}
+    [hits] = await store.search(cat[3], limit=2, payload_fields=[])  # ids only
+    assert hits[0].item_id == "sku-3" and hits[0].payload == {ITEM_ID_KEY: "sku-3"}
+    await store.delete(["sku-3"])
+    [hits] = await store.search(cat[3], limit=2, payload_fields=[])
+    assert "sku-3" not in [h.item_id for h in hits]
 
 
 def test_wire_frames_carry_arrays_as_raw_bytes_and_json_values():

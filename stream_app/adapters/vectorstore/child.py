@@ -114,6 +114,8 @@ def send(stream: Any, message: Any) -> None:
 # ---------------------------------------------------------------------------------------------
 
 _W: dict[str, Any] = {}
+# Point id -> item id of the points this child wrote or read (searches that want ids only skip the payload).
+_NAMES: dict[Any, str] = {}
 # uuid5 is a SHA-1 per id; searches exclude the same consumed ids batch after batch.
 point_id = functools.lru_cache(maxsize=1 << 16)(_point_id)
 
@@ -159,6 +161,7 @@ def _w_upsert(item_ids: list[str], vectors: np.ndarray, payloads: list[dict], op
             qe.Point(id=point_id(item_ids[i]), vector=rows[i], payload=payloads[i])
             for i in range(start, min(start + UPSERT_CHUNK, len(item_ids)))
         ]
+        _NAMES.update((p.id, i) for p, i in zip(points, item_ids[start:start + UPSERT_CHUNK]))
         shard.update(qe.UpdateOperation.upsert_points(points))
     info = shard.info()
     unindexed = info.points_count - info.indexed_vectors_count
@@ -181,6 +184,8 @@ def _w_delete(item_ids: list[str]) -> None:
     import qdrant_edge as qe
 
     _w_shard().update(qe.UpdateOperation.delete_points([point_id(i) for i in item_ids]))
+    for i in item_ids:
+        _NAMES.pop(point_id(i), None)
 
 
 def _w_get_records(item_ids: list[str], with_vectors: bool) -> list[Any]:
@@ -196,10 +201,11 @@ def _w_get_records(item_ids: list[str], with_vectors: bool) -> list[Any]:
 
 def _w_search(vectors: np.ndarray, limit: int, exclude_ids: list[str], fields: list[str] | None,
               row_excludes: list[list[str]] | None = None) -> list[Any]:
-    """One batched nearest-neighbour query per row -> [ids, scores (float32), row lengths, payloads].
+    """One batched nearest-neighbour query per row -> [ids, scores (float32), row lengths, payloads or None].
 
     exclude_ids apply to every row, row_excludes[r] to row r only (a filter per request of the batch).
-    fields None returns whole payloads; a list returns only those payload keys (ITEM_ID_KEY always).
+    fields None returns whole payloads; a list returns only those payload keys (ITEM_ID_KEY always); an empty
+    list reads no payload (ids come from _NAMES) and returns None for the payloads.
     """
     import qdrant_edge as qe
 
@@ -216,22 +222,33 @@ def _w_search(vectors: np.ndarray, limit: int, exclude_ids: list[str], fields: l
             return filters[None]
         return qe.Filter(must_not=[qe.HasIdCondition(common | {point_id(i) for i in own})])
 
+    ids_only = fields is not None and not fields  # the caller wants ids and scores: no payload read at all
     requests = [
-        qe.QueryRequest(limit=limit, query=qe.Query.Nearest(row), filter=row_filter(r), with_payload=with_payload)
+        qe.QueryRequest(limit=limit, query=qe.Query.Nearest(row), filter=row_filter(r),
+                        with_payload=False if ids_only else with_payload)
         for r, row in enumerate(vectors.tolist())
     ]
     batches = shard.query_batch(qe.QueryBatchRequest(requests))
-    ids: list[str] = []
-    scores: list[float] = []
-    payloads: list[dict] = []
-    for rows in batches:
-        for p in rows:
-            payload = p.payload
-            ids.append(payload[ITEM_ID_KEY])
-            scores.append(p.score)
-            payloads.append(payload)
+    scores = [p.score for rows in batches for p in rows]
     lengths = np.fromiter((len(rows) for rows in batches), dtype=np.int32, count=len(batches))
+    if ids_only:
+        # Point ids map back to item ids in memory (reading payloads was ~40% of a search of 82 hits per row).
+        ids = _item_ids([p.id for rows in batches for p in rows])
+        return [ids, np.asarray(scores, dtype=np.float32), lengths, None]  # the parent writes {ITEM_ID_KEY: id}
+    payloads = [p.payload for rows in batches for p in rows]
+    ids = [payload[ITEM_ID_KEY] for payload in payloads]
+    _NAMES.update(zip((p.id for rows in batches for p in rows), ids))
     return [ids, np.asarray(scores, dtype=np.float32), lengths, payloads]
+
+
+def _item_ids(points: list[Any]) -> list[str]:
+    """The item ids of these point ids: from _NAMES, the ones not seen yet (a shard loaded from disk) read once."""
+    names = _NAMES
+    missing = list({p for p in points if p not in names})
+    if missing:
+        for record in _w_shard().retrieve(missing, True, False):
+            names[record.id] = record.payload[ITEM_ID_KEY]
+    return [names[p] for p in points]
 
 
 def _w_count() -> int:

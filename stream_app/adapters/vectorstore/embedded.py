@@ -31,6 +31,7 @@ import numpy as np
 
 from stream_app.adapters.vectorstore import child
 from stream_app.adapters.vectorstore.protocol import (
+    ITEM_ID_KEY,
     SEARCH_CHUNK,
     Hit,
     ItemRecord,
@@ -288,7 +289,12 @@ class EmbeddedItemStore:
                 "_w_search", rows[start : start + SEARCH_CHUNK], limit, exclude, fields, own)
             pos = 0
             for n in lengths.tolist():
-                out.append([Hit(ids[j], s, payloads[j]) for j, s in zip(range(pos, pos + n), scores[pos:pos + n].tolist())])
+                if payloads is None:  # ids only (payload_fields=[])
+                    out.append([Hit(ids[j], s, {ITEM_ID_KEY: ids[j]})
+                                for j, s in zip(range(pos, pos + n), scores[pos:pos + n].tolist())])
+                else:
+                    out.append([Hit(ids[j], s, payloads[j])
+                                for j, s in zip(range(pos, pos + n), scores[pos:pos + n].tolist())])
                 pos += n
         return out
 
