@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from itertools import repeat
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -250,8 +251,7 @@ class VectorTable(Mapping[str, np.ndarray]):
 
     def rows(self, item_ids: Sequence[str]) -> np.ndarray:
         """The vectors of these ids (all present), as a (len(item_ids), dim) matrix."""
-        row = self.row
-        return self.matrix[np.fromiter((row[i] for i in item_ids), np.int64, len(item_ids))]
+        return self.matrix[np.fromiter(map(self.row.__getitem__, item_ids), np.int64, len(item_ids))]
 
 
 def text_affinity(item_vectors: np.ndarray, slot_vectors: np.ndarray, slot_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -263,6 +263,11 @@ def text_affinity(item_vectors: np.ndarray, slot_vectors: np.ndarray, slot_weigh
     sims = (item_vectors @ np.asarray(slot_vectors, dtype=np.float32).T).astype(np.float64)
     weighted = sims * np.asarray(slot_weights, dtype=np.float64)[None, :]
     return weighted.max(axis=1), weighted.argmax(axis=1)
+
+
+def _lookup(values: Mapping[str, float], items: Sequence[str]) -> np.ndarray:
+    """values[i] (0 when absent) for each item, as float64 (map() keeps the lookups in C)."""
+    return np.fromiter(map(values.get, items, repeat(0.0)), np.float64, len(items))
 
 
 def _scaled(x: np.ndarray) -> np.ndarray:
@@ -296,12 +301,12 @@ def rank(
     else:
         mat = np.stack([np.asarray(vectors[i], np.float32).reshape(-1) for i in items])
     text, slot = text_affinity(mat, np.asarray(slot_vectors).reshape(-1, dim), slot_weights)
-    parts_cooc = params.cooc_weight * _scaled(np.fromiter((cooc.get(i, 0.0) for i in items), np.float64, len(items)))
-    parts_seq = params.seq_weight * _scaled(np.fromiter((seq.get(i, 0.0) for i in items), np.float64, len(items)))
-    parts_pop = params.pop_weight * _scaled(np.fromiter((pop.get(i, 0.0) for i in items), np.float64, len(items)))
+    parts_cooc = params.cooc_weight * _scaled(_lookup(cooc, items))
+    parts_seq = params.seq_weight * _scaled(_lookup(seq, items))
+    parts_pop = params.pop_weight * _scaled(_lookup(pop, items))
     text_weight = params.text_weight
     if params.cold_text_weight or params.cold_collab_weight:  # items the counters know little about
-        n = np.fromiter((support.get(i, 0.0) for i in items), np.float64, len(items))
+        n = _lookup(support, items)
         cold = np.exp(-n / params.cold_support)
         text_weight = text_weight + params.cold_text_weight * cold
         parts_cooc = parts_cooc * (1.0 + params.cold_collab_weight * cold)
