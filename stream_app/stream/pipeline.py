@@ -348,11 +348,11 @@ class Pipeline:
         # Enough popular items for the pool after any user's exclusions; also the online evaluation's baseline.
         popular = collab.top_popular(self.collab, rp.pool + max((len(excluded[u]) for u in states), default=0))
         users = list(states)
+        if not users:
+            return {}
         chunks = [users[i:i + RECOMMEND_CHUNK] for i in range(0, len(users), RECOMMEND_CHUNK)]
         ranked: dict[str, list[Ranked]] = {}
         payloads: dict[str, dict] = {}
-        if not users:
-            return {}
         search = asyncio.ensure_future(self._text_hits(chunks[0], slots, excluded))
         try:
             for c, chunk in enumerate(chunks):
