@@ -39,6 +39,8 @@ class Settings(BaseSettings):
                                   "(least recently active forgotten first).")
     topic_partitions: int = Field(4, ge=1, description="Partitions of the input topics and tables: the unit of scale-out.")
     table_store: str = Field("rocksdb://", description="Faust table store: rocksdb:// (durable) or memory:// (tests).")
+    table_write_buffer_mb: int = Field(8, ge=1, description="RocksDB memtable size of each table partition (Faust's default, 64 MB x 3 per partition, let a worker's memory grow by ~200 MB per partition of a busy user-state table before anything is flushed).")
+    table_block_cache_mb: int = Field(16, ge=1, description="RocksDB read cache of each table partition (Faust's default: 2 GiB each).")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="How every Kafka client of the service talks to the broker.")
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"

@@ -78,7 +78,11 @@ item_vectors_topic = app.topic(settings.item_vectors_topic_name(), key_type=byte
 
 def raw_table(name: str, help: str) -> faust.Table:
     """A table of str keys and bytes values stored as they are (Faust would otherwise JSON-encode both)."""
-    table = app.Table(name, key_type=str, value_type=bytes, partitions=settings.topic_partitions, help=help)
+    # RocksDB per partition: bounded memtables (two of table_write_buffer_mb) and read cache (see Settings).
+    options = {"write_buffer_size": settings.table_write_buffer_mb << 20, "max_write_buffer_number": 2,
+               "block_cache_size": settings.table_block_cache_mb << 20}
+    table = app.Table(name, key_type=str, value_type=bytes, partitions=settings.topic_partitions, help=help,
+                      options=options)
     # Faust derives the store's codecs from these attributes, read when the store opens.
     table.key_serializer = "raw"
     table.value_serializer = "raw"
