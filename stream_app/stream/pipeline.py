@@ -90,9 +90,12 @@ class LRUCache:
         return value
 
     def put(self, key: str, value: ItemRecord) -> None:
+        """Keep a record; its vector is copied, because a vector the store or the encoder returned is a row of a
+        whole batch's array (a view), and caching the view would keep that whole array alive (at 100,000 items
+        the cache's churn pinned ~800 MB of store replies this way)."""
         if self.capacity <= 0:
             return
-        self.data[key] = value
+        self.data[key] = ItemRecord(value.item_id, np.array(value.vector, dtype=np.float32), value.payload)
         self.data.move_to_end(key)
         while len(self.data) > self.capacity:
             self.data.popitem(last=False)

@@ -209,3 +209,23 @@ async def test_a_stuck_encoder_times_out_and_shows_on_health(tmp_path):
     finally:
         release.set()
         p._encoder_pool.shutdown(wait=True)
+
+
+def test_record_cache_copies_vectors_so_a_batch_array_is_not_kept_alive() -> None:
+    """A store reply's vectors are rows (views) of one array; the cache must not hold that array through them."""
+    import numpy as np  # noqa: PLC0415
+
+    from stream_app.adapters.vectorstore import ItemRecord  # noqa: PLC0415
+    from stream_app.stream.pipeline import LRUCache  # noqa: PLC0415
+
+    class Batch(np.ndarray):  # a weak-referenceable ndarray subclass standing in for a reply's array
+        pass
+
+    batch = np.arange(6 * 4, dtype=np.float32).reshape(6, 4).view(Batch)
+    alive = weakref.ref(batch)
+    cache = LRUCache(capacity=2)
+    for n in range(6):
+        cache.put(f"i{n}", ItemRecord(f"i{n}", batch[n], {"title": str(n)}))
+    assert cache.get("i5").vector.tolist() == [20.0, 21.0, 22.0, 23.0]
+    del batch
+    assert alive() is None
