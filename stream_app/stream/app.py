@@ -340,41 +340,7 @@ def plan_user(rows: list[tuple[EventT, BehaviourEvent]], stored: UserState | Non
     return plan
 
 
-# A batch with at least this many users is handled as two halves at once (users split, each user's events together).
-SPLIT_BATCH_USERS = 32
-
-
-def split_by_user(parsed: list[tuple[EventT, BehaviourEvent]], parts: int) -> list[list[tuple[EventT, BehaviourEvent]]]:
-    """The batch as `parts` lists of about equal event counts; a user's events stay together and in order."""
-    by_user: dict[str, list[tuple[EventT, BehaviourEvent]]] = defaultdict(list)
-    for row in parsed:
-        by_user[row[1].user_id].append(row)
-    out: list[list[tuple[EventT, BehaviourEvent]]] = [[] for _ in range(parts)]
-    for rows in sorted(by_user.values(), key=len, reverse=True):  # biggest first into the emptiest part
-        min(out, key=len).extend(rows)
-    return [part for part in out if part]
-
-
 async def handle_behaviour_batch(parsed: list[tuple[EventT, BehaviourEvent]]) -> list[tuple[EventT, str]]:
-    """handle_users on the batch; with SPLIT_BATCH_USERS users or more, on two halves of its users at once.
-
-    The halves overlap what would otherwise wait: one half's texts are encoded (the encoder thread) or its slots
-    searched (the store process) while the other half is scored and ranked on the event loop. A failure in a half
-    is raised once both are done, so the batch is retried (or bisected) whole; the half that had finished finds
-    its events already applied (redeliveries: not applied twice, the list is sent again).
-    """
-    users = {behaviour.user_id for _, behaviour in parsed}
-    if len(users) < SPLIT_BATCH_USERS:
-        return await handle_users(parsed)
-    results = await asyncio.gather(*(handle_users(part) for part in split_by_user(parsed, 2)),
-                                   return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return [pair for result in results for pair in result]  # type: ignore[union-attr]
-
-
-async def handle_users(parsed: list[tuple[EventT, BehaviourEvent]]) -> list[tuple[EventT, str]]:
     """Vectorise (batched), fold into new states, recommend (batched); only then write the table and send.
 
     A redelivered event (its id is in the user's state) is not applied again, but the user gets a list. A step

@@ -155,21 +155,3 @@ def test_plan_user_skips_redeliveries_and_a_forget_drops_what_came_before():
     assert plan.forgotten and [b.event_id for _, b in plan.apply] == ["old-1", "b"]  # after a forget, all is new
     assert [b.event_id for _, b in plan.served()] == ["old-1", "b"]  # the forget itself gets no list
 
-
-def test_split_by_user_keeps_each_users_events_together_in_order_and_balances() -> None:
-    from stream_app.core.events import parse_behaviour  # noqa: PLC0415
-
-    rows = []
-    for n, user in enumerate(["a"] * 5 + ["b", "c"] * 3 + ["d"] * 2 + ["a"]):
-        raw = json.dumps({"event_id": f"e{n}", "user_id": user, "type": "view", "item_id": "i", "ts": 1767225600})
-        rows.append((event(n, raw.encode()), parse_behaviour(raw.encode())))
-    parts = agent.split_by_user(rows, 2)
-    assert sorted(len(p) for p in parts) == [6, 8]  # a(6) | b(3) c(3) d(2): the best split of 14 events
-    for part in parts:
-        users = {b.user_id for _, b in part}
-        assert all(b.user_id not in users for other in parts if other is not part for _, b in other)
-        for user in users:  # a user's events keep their arrival order
-            offsets = [e.message.offset for e, b in part if b.user_id == user]
-            assert offsets == sorted(offsets)
-    assert sorted(e.message.offset for p in parts for e, _ in p) == list(range(len(rows)))
-    assert agent.split_by_user(rows[:3], 2) == [rows[:3]]  # one user: one part
