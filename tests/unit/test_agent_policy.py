@@ -154,4 +154,3 @@ def test_plan_user_skips_redeliveries_and_a_forget_drops_what_came_before():
     plan = agent.plan_user([row("a"), row("f", "forget"), row("old-1"), row("b")], stored)
     assert plan.forgotten and [b.event_id for _, b in plan.apply] == ["old-1", "b"]  # after a forget, all is new
     assert [b.event_id for _, b in plan.served()] == ["old-1", "b"]  # the forget itself gets no list
-

@@ -289,12 +289,8 @@ class EmbeddedItemStore:
                 "_w_search", rows[start : start + SEARCH_CHUNK], limit, exclude, fields, own)
             pos = 0
             for n in lengths.tolist():
-                if payloads is None:  # ids only (payload_fields=[])
-                    out.append([Hit(ids[j], s, {ITEM_ID_KEY: ids[j]})
-                                for j, s in zip(range(pos, pos + n), scores[pos:pos + n].tolist())])
-                else:
-                    out.append([Hit(ids[j], s, payloads[j])
-                                for j, s in zip(range(pos, pos + n), scores[pos:pos + n].tolist())])
+                out.append([Hit(ids[j], s, {ITEM_ID_KEY: ids[j]} if payloads is None else payloads[j])  # None: ids only
+                            for j, s in zip(range(pos, pos + n), scores[pos:pos + n].tolist())])
                 pos += n
         return out
 
