@@ -1,0 +1,202 @@
+"""Cold-item probes: candidate signals for targets whose item had < 5 earlier interactions, on validation only.
+
+    .venv/bin/python benchmarks/cold_signals.py            # ML-100K, ~1 minute after the embeddings are cached
+
+Records the default model's ranking inputs on the validation targets of both modes (tuning.record), then prints,
+for each probe, the validation HR@10 hits it wins or loses against the defaults over all targets and over the
+cold-item targets (the README's "Offline evaluation" quotes these tables). None of these is in the product: none
+wins a cold hit without losing hits over all targets. Probes:
+
+- new arrivals: an item's interaction count while it is younger than W days in the stream (first seen by the
+  counters), added to the blend with weight w (scaled by its max over the pool) and as a candidate source;
+- evidence shrinkage: counter scores divided by (max over the pool + s) instead of the max;
+- cold propensity: the cold-item boosts scaled per user by the share of their last L items that were cold when
+  taken;
+- projected text: ridge regression from text vectors to co-occurrence eigenvectors of the training data (future
+  data included: an upper bound), ranking only the cold items: top-10 counts against the counts and raw text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+from dataclasses import replace
+
+import numpy as np
+
+from stream_app.core.collab import CollabParams
+from stream_app.core.interest import InterestParams
+from stream_app.core.ranking import RankParams
+from stream_app.offline.datasets import Interactions, load_dataset
+from stream_app.offline.protocol import COLD_THRESHOLD, leave_one_out, queries_for, rank_metrics
+from stream_app.offline.replay import item_embeddings
+from stream_app.offline.tuning import MODES, Recorded, record
+from stream_app.settings import Settings
+
+DAY = 86400.0
+FRESH_POOL = 200
+
+
+def _scaled(x: np.ndarray, pool: np.ndarray, shrink: float = 0.0) -> np.ndarray:
+    """x over its max in the pool (+ shrink, rescaled so a max-scored item keeps 1 as shrink -> 0)."""
+    top = np.where(pool, x, 0.0).max(axis=1, keepdims=True)
+    if shrink:
+        return x / (top + shrink) * (1.0 + shrink)
+    return np.divide(x, top, out=np.zeros_like(x), where=top > 0)
+
+
+def blend_hits(rec: Recorded, rp: RankParams, pool: np.ndarray | None = None, extra: np.ndarray | None = None,
+               extra_weight: float = 0.0, shrink: float = 0.0, cold_scale: np.ndarray | None = None,
+               ) -> tuple[float, float]:
+    """(hits, cold hits) at HR@10 of ranking.rank's blend on recorded inputs, with a probe's changes."""
+    pool = rec.pool if pool is None else pool
+    cold = np.exp(-rec.support / rp.cold_support)
+    if cold_scale is not None:
+        cold = cold * cold_scale[:, None]
+    collab = rp.cooc_weight * _scaled(rec.cooc, pool, shrink) + rp.seq_weight * _scaled(rec.seq, pool, shrink)
+    score = (1.0 + rp.cold_collab_weight * cold) * collab + rp.pop_weight * _scaled(rec.pop, pool)
+    if extra is not None:
+        score = score + extra_weight * _scaled(extra, pool)
+    top = np.where(pool, rec.text, -np.inf).max(axis=1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    score = score + (rp.text_weight + rp.cold_text_weight * cold) * np.exp(
+        np.minimum((rec.text - top) / rp.text_temperature, 50.0))
+    hr = rank_metrics(np.where(pool, score, -np.inf), rec.targets, rec.excluded)["hr@10"]
+    return float(hr.sum()), float(hr[rec.cold].sum())
+
+
+def item_ages(data: Interactions, mode: str) -> np.ndarray:
+    """(queries, items) seconds since each item was first seen by the counters, at each validation query's clock
+    (the latest applied timestamp before it); inf for items not seen yet anywhere in the replay (their count is 0)."""
+    queries, applied = queries_for(data, leave_one_out(data), "valid", mode)
+    stamps = np.maximum.accumulate(np.where(applied, data.timestamps, -np.inf))
+    clock = np.array([stamps[q.pos - 1] if q.pos > 0 else -np.inf for q in queries])
+    born = np.full(data.n_items, np.inf)
+    for pos in np.flatnonzero(applied)[::-1]:
+        born[data.items[pos]] = stamps[pos]
+    return clock[:, None] - born[None, :]
+
+
+def propensity(data: Interactions, mode: str, last: int) -> np.ndarray:
+    """Per validation query: the share of the user's last `last` applied items that were cold when taken."""
+    queries, applied = queries_for(data, leave_one_out(data), "valid", mode)
+    seen = np.zeros(data.n_items)
+    flags: dict[int, list[bool]] = collections.defaultdict(list)
+    out, q = [], 0
+    for pos in range(len(data.items) + 1):
+        while q < len(queries) and queries[q].pos == pos:
+            f = flags[queries[q].user][-last:]
+            out.append(float(np.mean(f)) if f else 0.0)
+            q += 1
+        if pos < len(data.items) and applied[pos]:
+            i = data.items[pos]
+            flags[int(data.users[pos])].append(bool(seen[i] < COLD_THRESHOLD))
+            seen[i] += 1
+    return np.array(out)
+
+
+def projected_text(data: Interactions, emb: np.ndarray, factors: int, lam: float) -> np.ndarray:
+    """Unit item vectors: text regressed onto the top co-occurrence eigenvectors (items with >= 20 interactions)."""
+    targets = leave_one_out(data)
+    train = np.ones(len(data.items), bool)
+    train[targets.valid_pos] = train[targets.test_pos] = False
+    taken = np.zeros((data.n_users, data.n_items))
+    taken[data.users[train], data.items[train]] = 1.0
+    count = taken.sum(axis=0)
+    co = taken.T @ taken
+    np.fill_diagonal(co, 0.0)
+    norm = np.sqrt(np.maximum(count, 1.0))
+    warm = count >= 20
+    values, vectors = np.linalg.eigh((co / norm[:, None] / norm[None, :])[np.ix_(warm, warm)])
+    top = np.argsort(-values)[:factors]
+    y = vectors[:, top] * np.sqrt(np.maximum(values[top], 0.0))
+    x = emb[warm].astype(np.float64)
+    w = np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ y)
+    p = emb.astype(np.float64) @ w
+    return p / np.linalg.norm(p, axis=1, keepdims=True).clip(1e-12)
+
+
+def cold_top10(rec: Recorded, score: np.ndarray) -> int:
+    """Cold-item targets ranked in the top 10 among the non-excluded items with < COLD_THRESHOLD interactions."""
+    n = 0
+    for qi in np.flatnonzero(rec.cold):
+        s = np.where((rec.support[qi] < COLD_THRESHOLD) & ~rec.excluded[qi], score[qi], -np.inf)
+        t = s[rec.targets[qi]]
+        n += bool(np.isfinite(t) and t > 0 and (s > t).sum() + ((s == t).sum() - 1) / 2 < 10)
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="ml-100k")
+    args = ap.parse_args()
+    settings = Settings()
+    data = load_dataset(args.dataset)
+    emb = item_embeddings(data, settings)
+    ip, cp, rp = (InterestParams.from_settings(settings), CollabParams.from_settings(settings),
+                  RankParams.from_settings(settings))
+    recs = {mode: record(data, emb, mode, ip, cp, rp) for mode in MODES}
+    base = {mode: blend_hits(r, rp) for mode, r in recs.items()}
+    print("validation targets, defaults: " + ", ".join(
+        f"{m} {h:.0f} hits, {c:.0f} of {int(recs[m].cold.sum())} cold" for m, (h, c) in base.items()))
+
+    def row(label: str, per_mode: dict[str, tuple[float, float]]) -> None:
+        cells = "  ".join(f"{m} {h - base[m][0]:+3.0f} / {c - base[m][1]:+2.0f}" for m, (h, c) in per_mode.items())
+        print(f"  {label:38s} {cells}")
+
+    print("\nnew arrivals (hits / cold hits against the defaults)")
+    ages = {mode: item_ages(data, mode) for mode in MODES}
+    for days in (3, 7, 14, 30):
+        for weight in (0.05, 0.1, 0.2, 0.5):
+            per = {}
+            for mode, rec in recs.items():
+                age = ages[mode]
+                fresh = np.where((age >= 0) & (age < days * DAY), rec.pop, 0.0)
+                open_fresh = np.where(rec.excluded, 0.0, fresh)
+                kth = -np.sort(-open_fresh, axis=1)[:, FRESH_POOL - 1 : FRESH_POOL]
+                pool = rec.pool | ((open_fresh >= kth) & (open_fresh > 0))
+                per[mode] = blend_hits(rec, rp, pool=pool, extra=fresh, extra_weight=weight)
+            row(f"W={days} days, weight {weight}", per)
+
+    print("\nevidence shrinkage (counter score / (max over the pool + s))")
+    for shrink in (0.1, 0.3, 1.0, 3.0, 10.0):
+        for text_weight in (0.05, 0.1, 0.2):
+            rp_ = replace(rp, text_weight=text_weight)
+            row(f"s={shrink}, text weight {text_weight}",
+                {mode: blend_hits(rec, rp_, shrink=shrink) for mode, rec in recs.items()})
+
+    print("\ncold propensity (cold boosts x share of the user's last L items that were cold when taken)")
+    shares = {(mode, last): propensity(data, mode, last) for mode in MODES for last in (5, 20)}
+    for last in (5, 20):
+        for collab_weight in (1.0, 2.0, 4.0, 8.0):
+            for text_weight in (0.0, 0.5):
+                rp_ = replace(rp, cold_collab_weight=collab_weight, cold_text_weight=text_weight)
+                row(f"L={last}, collab {collab_weight}, text {text_weight}",
+                    {mode: blend_hits(rec, rp_, cold_scale=shares[(mode, last)]) for mode, rec in recs.items()})
+
+    print("\nprojected text, ranking only the items with < 5 interactions (cold targets in its top 10)")
+    for mode, rec in recs.items():
+        print(f"  {mode}: counts (co-occurrence) {cold_top10(rec, rec.cooc)}, raw text {cold_top10(rec, rec.text + 10)}"
+              f" of {int(rec.cold.sum())}")
+    users_last = _last_items(data)
+    for factors in (16, 32, 64):
+        for lam in (0.1, 1.0, 10.0):
+            proj = projected_text(data, emb, factors, lam)
+            counts = {}
+            for mode, rec in recs.items():
+                queries, _ = queries_for(data, leave_one_out(data), "valid", mode)
+                score = np.zeros_like(rec.text)
+                for qi in np.flatnonzero(rec.cold):
+                    mine = [i for i in users_last[queries[qi].user] if rec.excluded[qi, i]][-10:]
+                    score[qi] = proj @ proj[mine].mean(axis=0) + 10.0
+                counts[mode] = cold_top10(rec, score)
+            print(f"  {factors} factors, ridge {lam}: " + ", ".join(f"{m} {c}" for m, c in counts.items()))
+
+
+def _last_items(data: Interactions) -> list[list[int]]:
+    """Each user's items in time order."""
+    return [data.items[pos].tolist() for pos in data.user_positions()]
+
+
+if __name__ == "__main__":
+    main()
