@@ -226,3 +226,25 @@ def test_long_history_is_excluded_whatever_its_length() -> None:
     replay(ctx, [default], qs, applied, on_query=on_query, progress=False)
     assert len(got["A"]) == 50
     assert not set(got["A"]) & {f"i{k}" for k in range(heavy)}
+
+
+# ---- tuning --------------------------------------------------------------------------------------------------
+
+
+def test_counter_stages_break_near_ties_by_grid_order(tiny: Interactions) -> None:
+    """Counter stages keep the first (cheapest) grid setting among those within COLLAB_TOLERANCE of the best."""
+    import io  # noqa: PLC0415
+
+    from stream_app.offline import tuning  # noqa: PLC0415
+
+    tol = tuning.COLLAB_TOLERANCE
+    assert tuning.first_within([0.1290, 0.1291], tol) == 0  # 0.08% apart: a tie, the earlier wins
+    assert tuning.first_within([0.1280, 0.1291, 0.1290], tol) == 1  # 0.85% below the best: not a tie
+    assert tuning.first_within([0.5], tol) == 0
+    # through tune(): on the fixture every sequence setting scores alike, so the grid's first (window 2) is chosen
+    buf = io.StringIO()
+    tuning.tune(tiny, unit_rows(tiny.n_items), Settings(), stages="seq", out=buf)
+    rows = [line for line in buf.getvalue().splitlines() if line.startswith("| seq_window=")]
+    assert len(rows) == len(tuning.TUNE_GRID["seq"]) and len({line.split("|", 2)[2] for line in rows}) == 1
+    w, d, q, r = tuning.TUNE_GRID["seq"][0]
+    assert f"NDCG@10): seq_window={w} seq_distance_decay={d} seq_query_items={q} seq_recency={r}" in buf.getvalue()
