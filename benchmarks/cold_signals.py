@@ -28,41 +28,48 @@ from stream_app.core.collab import CollabParams
 from stream_app.core.interest import InterestParams
 from stream_app.core.ranking import RankParams
 from stream_app.offline.datasets import Interactions, load_dataset
-from stream_app.offline.protocol import COLD_THRESHOLD, leave_one_out, queries_for, rank_metrics
+from stream_app.offline.protocol import COLD_THRESHOLD, leave_one_out, queries_for
 from stream_app.offline.replay import item_embeddings
-from stream_app.offline.tuning import MODES, Recorded, record
+from stream_app.offline.tuning import MODES, Recorded, blend_scores, record, score_metrics
 from stream_app.settings import Settings
 
 DAY = 86400.0
 FRESH_POOL = 200
 
 
-def _scaled(x: np.ndarray, pool: np.ndarray, shrink: float = 0.0) -> np.ndarray:
-    """x over its max in the pool (+ shrink, rescaled so a max-scored item keeps 1 as shrink -> 0)."""
-    top = np.where(pool, x, 0.0).max(axis=1, keepdims=True)
-    if shrink:
-        return x / (top + shrink) * (1.0 + shrink)
-    return np.divide(x, top, out=np.zeros_like(x), where=top > 0)
+def hits(rec: Recorded, score: np.ndarray) -> tuple[float, float]:
+    """(hits, cold hits) at HR@10 of a score matrix."""
+    m = score_metrics(rec, score)
+    return m["hits"], m["cold hits"]
 
 
-def blend_hits(rec: Recorded, rp: RankParams, pool: np.ndarray | None = None, extra: np.ndarray | None = None,
-               extra_weight: float = 0.0, shrink: float = 0.0, cold_scale: np.ndarray | None = None,
-               ) -> tuple[float, float]:
-    """(hits, cold hits) at HR@10 of ranking.rank's blend on recorded inputs, with a probe's changes."""
-    pool = rec.pool if pool is None else pool
-    cold = np.exp(-rec.support / rp.cold_support)
-    if cold_scale is not None:
-        cold = cold * cold_scale[:, None]
-    collab = rp.cooc_weight * _scaled(rec.cooc, pool, shrink) + rp.seq_weight * _scaled(rec.seq, pool, shrink)
-    score = (1.0 + rp.cold_collab_weight * cold) * collab + rp.pop_weight * _scaled(rec.pop, pool)
-    if extra is not None:
-        score = score + extra_weight * _scaled(extra, pool)
-    top = np.where(pool, rec.text, -np.inf).max(axis=1, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    score = score + (rp.text_weight + rp.cold_text_weight * cold) * np.exp(
-        np.minimum((rec.text - top) / rp.text_temperature, 50.0))
-    hr = rank_metrics(np.where(pool, score, -np.inf), rec.targets, rec.excluded)["hr@10"]
-    return float(hr.sum()), float(hr[rec.cold].sum())
+def with_new_arrivals(rec: Recorded, rp: RankParams, fresh: np.ndarray, weight: float) -> tuple[Recorded, RankParams]:
+    """The blend plus `weight` x new-arrival counts scaled by their max over the pool, and their best FRESH_POOL
+    non-excluded items added to the pool: the popularity part does exactly that with pop = fresh (the defaults
+    keep popularity at 0, so nothing else changes)."""
+    if rp.pop_weight:
+        raise ValueError("the new-arrivals probe reuses the popularity part: run it with blend_pop_weight = 0")
+    open_fresh = np.where(rec.excluded, 0.0, fresh)
+    kth = -np.sort(-open_fresh, axis=1)[:, FRESH_POOL - 1 : FRESH_POOL]
+    pool = rec.pool | ((open_fresh >= kth) & (open_fresh > 0))
+    return replace(rec, pool=pool, pop=fresh), replace(rp, pop_weight=weight)
+
+
+def with_shrinkage(rec: Recorded, rp: RankParams, shrink: float) -> np.ndarray:
+    """The blend with each counter score over (its max in the pool + shrink), times (1 + shrink), instead of over
+    its max: counts from a young stream weigh less against the text (the default's cold boosts are 0)."""
+    def shrunk(x: np.ndarray) -> np.ndarray:
+        return x / (np.where(rec.pool, x, 0.0).max(axis=1, keepdims=True) + shrink) * (1.0 + shrink)
+
+    rest = blend_scores(rec, replace(rp, cooc_weight=0.0, seq_weight=0.0))  # text (and popularity) parts
+    return rest + rp.cooc_weight * shrunk(rec.cooc) + rp.seq_weight * shrunk(rec.seq)
+
+
+def with_propensity(rec: Recorded, share: np.ndarray, cold_support: float) -> Recorded:
+    """Scale each query's cold(j) = exp(-n(j)/cold_support) by the user's share p: exp(-n'/S) = p exp(-n/S) with
+    n' = n - S ln p (p = 0: n' = inf, no boost)."""
+    with np.errstate(divide="ignore"):
+        return replace(rec, support=rec.support - cold_support * np.log(share)[:, None])
 
 
 def item_ages(data: Interactions, mode: str) -> np.ndarray:
@@ -136,7 +143,7 @@ def main() -> None:
     ip, cp, rp = (InterestParams.from_settings(settings), CollabParams.from_settings(settings),
                   RankParams.from_settings(settings))
     recs = {mode: record(data, emb, mode, ip, cp, rp) for mode in MODES}
-    base = {mode: blend_hits(r, rp) for mode, r in recs.items()}
+    base = {mode: hits(r, blend_scores(r, rp)) for mode, r in recs.items()}
     print("validation targets, defaults: " + ", ".join(
         f"{m} {h:.0f} hits, {c:.0f} of {int(recs[m].cold.sum())} cold" for m, (h, c) in base.items()))
 
@@ -152,10 +159,7 @@ def main() -> None:
             for mode, rec in recs.items():
                 age = ages[mode]
                 fresh = np.where((age >= 0) & (age < days * DAY), rec.pop, 0.0)
-                open_fresh = np.where(rec.excluded, 0.0, fresh)
-                kth = -np.sort(-open_fresh, axis=1)[:, FRESH_POOL - 1 : FRESH_POOL]
-                pool = rec.pool | ((open_fresh >= kth) & (open_fresh > 0))
-                per[mode] = blend_hits(rec, rp, pool=pool, extra=fresh, extra_weight=weight)
+                per[mode] = hits(rec, blend_scores(*with_new_arrivals(rec, rp, fresh, weight)))
             row(f"W={days} days, weight {weight}", per)
 
     print("\nevidence shrinkage (counter score / (max over the pool + s))")
@@ -163,39 +167,39 @@ def main() -> None:
         for text_weight in (0.05, 0.1, 0.2):
             rp_ = replace(rp, text_weight=text_weight)
             row(f"s={shrink}, text weight {text_weight}",
-                {mode: blend_hits(rec, rp_, shrink=shrink) for mode, rec in recs.items()})
+                {mode: hits(rec, with_shrinkage(rec, rp_, shrink)) for mode, rec in recs.items()})
 
     print("\ncold propensity (cold boosts x share of the user's last L items that were cold when taken)")
-    shares = {(mode, last): propensity(data, mode, last) for mode in MODES for last in (5, 20)}
     for last in (5, 20):
+        scaled = {mode: with_propensity(rec, propensity(data, mode, last), rp.cold_support)
+                  for mode, rec in recs.items()}
         for collab_weight in (1.0, 2.0, 4.0, 8.0):
             for text_weight in (0.0, 0.5):
                 rp_ = replace(rp, cold_collab_weight=collab_weight, cold_text_weight=text_weight)
                 row(f"L={last}, collab {collab_weight}, text {text_weight}",
-                    {mode: blend_hits(rec, rp_, cold_scale=shares[(mode, last)]) for mode, rec in recs.items()})
+                    {mode: hits(rec, blend_scores(rec, rp_)) for mode, rec in scaled.items()})
 
     print("\nprojected text, ranking only the items with < 5 interactions (cold targets in its top 10)")
     for mode, rec in recs.items():
         print(f"  {mode}: counts (co-occurrence) {cold_top10(rec, rec.cooc)}, raw text {cold_top10(rec, rec.text + 10)}"
               f" of {int(rec.cold.sum())}")
-    users_last = _last_items(data)
+    # per cold query: the user's last 10 items before it (the ones the replay applied, hence excluded)
+    histories = [data.items[pos].tolist() for pos in data.user_positions()]
+    recent = {}
+    for mode, rec in recs.items():
+        queries, _ = queries_for(data, leave_one_out(data), "valid", mode)
+        recent[mode] = {qi: [i for i in histories[queries[qi].user] if rec.excluded[qi, i]][-10:]
+                        for qi in np.flatnonzero(rec.cold)}
     for factors in (16, 32, 64):
         for lam in (0.1, 1.0, 10.0):
             proj = projected_text(data, emb, factors, lam)
             counts = {}
             for mode, rec in recs.items():
-                queries, _ = queries_for(data, leave_one_out(data), "valid", mode)
                 score = np.zeros_like(rec.text)
-                for qi in np.flatnonzero(rec.cold):
-                    mine = [i for i in users_last[queries[qi].user] if rec.excluded[qi, i]][-10:]
+                for qi, mine in recent[mode].items():
                     score[qi] = proj @ proj[mine].mean(axis=0) + 10.0
                 counts[mode] = cold_top10(rec, score)
             print(f"  {factors} factors, ridge {lam}: " + ", ".join(f"{m} {c}" for m, c in counts.items()))
-
-
-def _last_items(data: Interactions) -> list[list[int]]:
-    """Each user's items in time order."""
-    return [data.items[pos].tolist() for pos in data.user_positions()]
 
 
 if __name__ == "__main__":

@@ -183,10 +183,8 @@ def _best_unexcluded(scores: Mapping[str, float], exclude: Collection[str], n: i
     """
     if n <= 0:
         return []
-    head = n + len(exclude)
-    candidates = _top_k(scores, head) if head < len(scores) else sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
     out: list[str] = []
-    for item_id, value in candidates:
+    for item_id, value in _top_k(scores, n + len(exclude)):
         if value <= 0 or len(out) == n:
             break
         if item_id not in exclude:
@@ -229,9 +227,7 @@ class VectorTable(Mapping[str, np.ndarray]):
 
     @classmethod
     def of(cls, vectors: Mapping[str, np.ndarray], dim: int) -> VectorTable:
-        """A table of a mapping's vectors (itself when it already is one)."""
-        if isinstance(vectors, VectorTable):
-            return vectors
+        """A table of a mapping's vectors (dim: the width of an empty one)."""
         ids = list(vectors)
         matrix = np.stack([np.asarray(vectors[i], np.float32).reshape(-1) for i in ids]) if ids \
             else np.zeros((0, dim), np.float32)

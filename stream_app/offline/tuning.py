@@ -113,8 +113,9 @@ def record(data: Interactions, emb: np.ndarray, mode: str, ip: InterestParams, c
     return Recorded(text, cooc, seq, pop, support, pool, np.array([q.item for q in queries]), excluded, cold)
 
 
-def blend_metrics(rec: Recorded, rp: RankParams) -> dict[str, float]:
-    """Mean validation metrics of ranking.rank's blend with rp's weights on recorded inputs (maxes over the pool)."""
+def blend_scores(rec: Recorded, rp: RankParams) -> np.ndarray:
+    """(queries, items) scores of ranking.rank's blend with rp's weights on recorded inputs (maxes over the pool),
+    -inf outside each query's pool."""
     def scaled(x: np.ndarray) -> np.ndarray:
         top = np.where(rec.pool, x, 0.0).max(axis=1, keepdims=True)
         return np.divide(x, top, out=np.zeros_like(x), where=top > 0)
@@ -122,18 +123,26 @@ def blend_metrics(rec: Recorded, rp: RankParams) -> dict[str, float]:
     cold = np.exp(-rec.support / rp.cold_support)
     score = (1.0 + rp.cold_collab_weight * cold) * (rp.cooc_weight * scaled(rec.cooc) + rp.seq_weight * scaled(rec.seq)) \
         + rp.pop_weight * scaled(rec.pop)
-    if rp.text_weight:
-        top = np.where(rec.pool, rec.text, -np.inf).max(axis=1, keepdims=True)
-        top = np.where(np.isfinite(top), top, 0.0)
-        weight = rp.text_weight + rp.cold_text_weight * cold
-        score = score + weight * np.exp(np.minimum((rec.text - top) / rp.text_temperature, 50.0))
-    score = np.where(rec.pool, score, -np.inf)
+    top = np.where(rec.pool, rec.text, -np.inf).max(axis=1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    weight = rp.text_weight + rp.cold_text_weight * cold
+    score = score + weight * np.exp(np.minimum((rec.text - top) / rp.text_temperature, 50.0))
+    return np.where(rec.pool, score, -np.inf)
+
+
+def score_metrics(rec: Recorded, score: np.ndarray) -> dict[str, float]:
+    """Mean validation metrics of a (queries, items) score matrix, plus HR@10 hits over all and cold-item targets."""
     m = rank_metrics(score, rec.targets, rec.excluded)
     out = {k: float(v.mean()) for k, v in m.items() if k in METRICS}
     out["cold hr@10"] = float(m["hr@10"][rec.cold].mean()) if rec.cold.any() else 0.0
     out["hits"] = float(m["hr@10"].sum())
     out["cold hits"] = float(m["hr@10"][rec.cold].sum())
     return out
+
+
+def blend_metrics(rec: Recorded, rp: RankParams) -> dict[str, float]:
+    """Mean validation metrics of ranking.rank's blend with rp's weights on recorded inputs."""
+    return score_metrics(rec, blend_scores(rec, rp))
 
 
 def tune(data: Interactions, emb: np.ndarray, settings: Settings, stages: str = "all", out=sys.stdout) -> None:

@@ -389,11 +389,10 @@ class Pipeline:
                               "title": payloads.get(r.item_id, {}).get("title", ""), "why": why})
             strategy = "blend" if len(weights) else "popular"
             out[u] = Recommendation(u, items, strategy, [round(float(w), 4) for w in weights])
-        bestsellers = popular  # the online evaluation's baseline list
         for user_id, rec in out.items():
             seen = set(recent[user_id])
             self.metrics.online.list_sent(user_id, [i["item_id"] for i in rec.items],
-                                          [i for i in bestsellers if i not in seen][:k])
+                                          [i for i in popular if i not in seen][:k])
             self.last_recommendations[user_id] = rec
             self.last_recommendations.move_to_end(user_id)
         while len(self.last_recommendations) > 10_000:
