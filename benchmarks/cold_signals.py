@@ -1,6 +1,6 @@
 """Cold-item probes: candidate signals for targets whose item had < 5 earlier interactions, on validation only.
 
-    .venv/bin/python benchmarks/cold_signals.py            # ML-100K, ~1 minute after the embeddings are cached
+    .venv/bin/python benchmarks/cold_signals.py            # ML-100K, ~2 minutes after the embeddings are cached
 
 Records the default model's ranking inputs on the validation targets of both modes (tuning.record), then prints,
 for each probe, the validation HR@10 hits it wins or loses against the defaults over all targets and over the
@@ -13,14 +13,26 @@ wins a cold hit without losing hits over all targets. Probes:
 - cold propensity: the cold-item boosts scaled per user by the share of their last L items that were cold when
   taken;
 - projected text: ridge regression from text vectors to co-occurrence eigenvectors of the training data (future
-  data included: an upper bound), ranking only the cold items: top-10 counts against the counts and raw text.
+  data included: an upper bound), ranking only the cold items: top-10 counts against the counts and raw text;
+- new releases: items whose release year (in the title, ML-100K's only date) is the query's year or the one
+  before, ordered by the text affinity: the text part again for them, and their best 50 added to the pool;
+- item2vec: skip-gram with negative sampling trained online in stream order (one SGD step per event, each of the
+  user's last L items predicting the new one), the user as the recency-weighted mean of their last 10 items;
+- session kNN: the users who last took the user's 20 most recent items (up to M per item, kept like a counter),
+  the K with the most overlap, each scoring their last 50 items by overlap / sqrt(lengths).
+The last two are added to the blend like a counter (divided by their max over the pool, their best 50 items added
+to the pool), at weights 0.1-1.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import math
+import re
+from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime, timezone
 
 import numpy as np
 
@@ -28,13 +40,14 @@ from stream_app.core.collab import CollabParams
 from stream_app.core.interest import InterestParams
 from stream_app.core.ranking import RankParams
 from stream_app.offline.datasets import Interactions, load_dataset
-from stream_app.offline.protocol import COLD_THRESHOLD, leave_one_out, queries_for
+from stream_app.offline.protocol import COLD_THRESHOLD, Query, leave_one_out, queries_for
 from stream_app.offline.replay import item_embeddings
 from stream_app.offline.tuning import MODES, Recorded, blend_scores, record, score_metrics
 from stream_app.settings import Settings
 
 DAY = 86400.0
 FRESH_POOL = 200
+SIGNAL_POOL = 50  # a probe signal's best items added to the candidate pool
 
 
 def hits(rec: Recorded, score: np.ndarray) -> tuple[float, float]:
@@ -123,6 +136,116 @@ def projected_text(data: Interactions, emb: np.ndarray, factors: int, lam: float
     return p / np.linalg.norm(p, axis=1, keepdims=True).clip(1e-12)
 
 
+def with_signal(rec: Recorded, rp: RankParams, signal: np.ndarray, weight: float) -> np.ndarray:
+    """The blend plus `weight` x a probe signal divided by its max over the pool, its best SIGNAL_POOL
+    non-excluded items added to the pool (as candidate_pool does for the counters)."""
+    open_signal = np.where(rec.excluded, 0.0, signal)
+    kth = -np.sort(-open_signal, axis=1)[:, SIGNAL_POOL - 1 : SIGNAL_POOL]
+    pool = rec.pool | ((open_signal >= kth) & (open_signal > 0))
+    wider = replace(rec, pool=pool)
+    top = np.where(pool, open_signal, 0.0).max(axis=1, keepdims=True)
+    scaled = np.divide(open_signal, top, out=np.zeros_like(open_signal), where=top > 0)
+    return np.where(pool, blend_scores(wider, rp) + weight * scaled, -np.inf)
+
+
+def with_new_releases(rec: Recorded, rp: RankParams, fresh: np.ndarray, weight: float) -> np.ndarray:
+    """The blend plus `weight` x the text part for items released this year or last (fresh: (queries, items) bool),
+    their best SIGNAL_POOL non-excluded items by text affinity added to the pool."""
+    by_text = np.where(rec.excluded | ~fresh, -np.inf, rec.text)
+    kth = -np.sort(-by_text, axis=1)[:, SIGNAL_POOL - 1 : SIGNAL_POOL]
+    pool = rec.pool | (np.isfinite(by_text) & (by_text >= kth))
+    top = np.where(pool, rec.text, -np.inf).max(axis=1, keepdims=True)
+    affinity = np.exp(np.minimum((rec.text - top) / rp.text_temperature, 50.0))
+    return np.where(pool, blend_scores(replace(rec, pool=pool), rp) + weight * fresh * affinity, -np.inf)
+
+
+def release_fresh(data: Interactions, mode: str, lag: int) -> np.ndarray:
+    """(queries, items) bool: the item's release year (from "(YYYY)" in its text) >= the query's year - lag."""
+    years = np.array([int(m.group(1)) if (m := re.search(r"\((\d{4})\)", t)) else 0 for t in data.item_texts])
+    queries, _ = queries_for(data, leave_one_out(data), "valid", mode)
+    now = np.array([datetime.fromtimestamp(q.now, timezone.utc).year for q in queries])
+    return years[None, :] >= (now - lag)[:, None]
+
+
+def replay_probe(data: Interactions, mode: str, observe: Callable[[int, int], None],
+                 answer: Callable[[Query], np.ndarray]) -> np.ndarray:
+    """(validation queries, items) scores of a probe replayed in the mode's order: observe(user, item) for each
+    applied event, answer(query) right before its position."""
+    queries, applied = queries_for(data, leave_one_out(data), "valid", mode)
+    out = np.zeros((len(queries), data.n_items))
+    q = 0
+    for pos in range(len(data.items) + 1):
+        while q < len(queries) and queries[q].pos == pos:
+            out[q] = answer(queries[q])
+            q += 1
+        if pos < len(data.items) and applied[pos]:
+            observe(int(data.users[pos]), int(data.items[pos]))
+    return out
+
+
+def item2vec(data: Interactions, mode: str, dim: int, lr: float, window: int, negatives: int = 5,
+             seed: int = 0) -> np.ndarray:
+    """Online skip-gram with negative sampling: per event, each of the user's last `window` items predicts the new
+    item against `negatives` items drawn uniformly from those seen so far (one SGD step); a query scores items by
+    sigmoid(output vector . u), u the mean of the user's last 10 input vectors weighted 0.8 per step back."""
+    rng = np.random.default_rng(seed)
+    inner = (rng.random((data.n_items, dim)) - 0.5) / dim
+    outer = np.zeros((data.n_items, dim))
+    history: list[list[int]] = [[] for _ in range(data.n_users)]
+    seen: list[int] = []
+    known = np.zeros(data.n_items, bool)
+    label = np.zeros(negatives + 1)
+    label[0] = 1.0
+
+    def observe(user: int, item: int) -> None:
+        if not known[item]:
+            known[item] = True
+            seen.append(item)
+        context = history[user][-window:]
+        if context:
+            rows = np.concatenate([[item], np.asarray(seen)[rng.integers(0, len(seen), negatives)]])
+            for i in context:
+                grad = lr * (label - 1.0 / (1.0 + np.exp(-(outer[rows] @ inner[i]))))
+                step = grad @ outer[rows]
+                outer[rows] += np.outer(grad, inner[i])
+                inner[i] += step
+        history[user].append(item)
+
+    def answer(query: Query) -> np.ndarray:
+        mine = history[query.user][-10:]
+        if not mine:
+            return np.zeros(data.n_items)
+        weights = 0.8 ** np.arange(len(mine))[::-1]
+        user = (inner[mine] * weights[:, None]).sum(axis=0) / weights.sum()
+        return 1.0 / (1.0 + np.exp(-(outer @ user)))  # the model's probability: positive, so it scales like a count
+
+    return replay_probe(data, mode, observe, answer)
+
+
+def session_knn(data: Interactions, mode: str, takers_per_item: int, neighbours: int, recent: int = 20,
+                their_last: int = 50) -> np.ndarray:
+    """Session kNN: candidate neighbours are the last `takers_per_item` users of each of the user's `recent` latest
+    items; the `neighbours` with the largest overlap o score their last `their_last` items by
+    o / sqrt(recent' x their_last'), summed (primes: the lengths actually held)."""
+    takers = [collections.deque(maxlen=takers_per_item) for _ in range(data.n_items)]
+    history: list[list[int]] = [[] for _ in range(data.n_users)]
+
+    def observe(user: int, item: int) -> None:
+        takers[item].append(user)
+        history[user].append(item)
+
+    def answer(query: Query) -> np.ndarray:
+        out = np.zeros(data.n_items)
+        mine = history[query.user][-recent:]
+        overlap = collections.Counter(v for i in mine for v in set(takers[i]) if v != query.user)
+        for v, o in overlap.most_common(neighbours):
+            theirs = history[v][-their_last:]
+            out[theirs] += o / math.sqrt(len(mine) * len(theirs))
+        return out
+
+    return replay_probe(data, mode, observe, answer)
+
+
 def cold_top10(rec: Recorded, score: np.ndarray) -> int:
     """Cold-item targets ranked in the top 10 among the non-excluded items with < COLD_THRESHOLD interactions."""
     n = 0
@@ -200,6 +323,28 @@ def main() -> None:
                     score[qi] = proj @ proj[mine].mean(axis=0) + 10.0
                 counts[mode] = cold_top10(rec, score)
             print(f"  {factors} factors, ridge {lam}: " + ", ".join(f"{m} {c}" for m, c in counts.items()))
+
+    print("\nnew releases (released this year or the year before, by the text affinity)")
+    for lag in (0, 1):
+        fresh = {mode: release_fresh(data, mode, lag) for mode in MODES}
+        for weight in (0.05, 0.1, 0.2, 0.5):
+            row(f"year - {lag} or later, weight {weight}",
+                {mode: hits(rec, with_new_releases(rec, rp, fresh[mode], weight)) for mode, rec in recs.items()})
+
+    probes = {
+        "item2vec d32 lr 0.05 L5": lambda mode: item2vec(data, mode, dim=32, lr=0.05, window=5),
+        "item2vec d64 lr 0.025 L5": lambda mode: item2vec(data, mode, dim=64, lr=0.025, window=5),
+        "session kNN M100 K100": lambda mode: session_knn(data, mode, takers_per_item=100, neighbours=100),
+        "session kNN M30 K30": lambda mode: session_knn(data, mode, takers_per_item=30, neighbours=30),
+    }
+    for name, probe in probes.items():
+        signal = {mode: probe(mode) for mode in MODES}
+        alone = {m: hits(rec, np.where(rec.excluded, -np.inf, signal[m])) for m, rec in recs.items()}
+        print(f"\n{name}: alone " + ", ".join(f"{m} {h:.0f} hits, {c:.0f} cold" for m, (h, c) in alone.items())
+              + "; cold targets in its top 10 of the cold items: "
+              + ", ".join(f"{m} {cold_top10(rec, signal[m])}" for m, rec in recs.items()))
+        for weight in (0.1, 0.3, 0.5, 1.0):
+            row(f"weight {weight}", {m: hits(rec, with_signal(rec, rp, signal[m], weight)) for m, rec in recs.items()})
 
 
 if __name__ == "__main__":
