@@ -56,15 +56,21 @@ def hits(rec: Recorded, score: np.ndarray) -> tuple[float, float]:
     return m["hits"], m["cold hits"]
 
 
+def widen_pool(rec: Recorded, values: np.ndarray, size: int) -> np.ndarray:
+    """The recorded pool plus each query's `size` best non-excluded items by `values` (-inf: never a candidate),
+    as candidate_pool takes each counter's best items."""
+    open_values = np.where(rec.excluded, -np.inf, values)
+    kth = -np.sort(-open_values, axis=1)[:, size - 1 : size]
+    return rec.pool | (np.isfinite(open_values) & (open_values >= kth))
+
+
 def with_new_arrivals(rec: Recorded, rp: RankParams, fresh: np.ndarray, weight: float) -> tuple[Recorded, RankParams]:
     """The blend plus `weight` x new-arrival counts scaled by their max over the pool, and their best FRESH_POOL
     non-excluded items added to the pool: the popularity part does exactly that with pop = fresh (the defaults
     keep popularity at 0, so nothing else changes)."""
     if rp.pop_weight:
         raise ValueError("the new-arrivals probe reuses the popularity part: run it with blend_pop_weight = 0")
-    open_fresh = np.where(rec.excluded, 0.0, fresh)
-    kth = -np.sort(-open_fresh, axis=1)[:, FRESH_POOL - 1 : FRESH_POOL]
-    pool = rec.pool | ((open_fresh >= kth) & (open_fresh > 0))
+    pool = widen_pool(rec, np.where(fresh > 0, fresh, -np.inf), FRESH_POOL)
     return replace(rec, pool=pool, pop=fresh), replace(rp, pop_weight=weight)
 
 
@@ -139,24 +145,20 @@ def projected_text(data: Interactions, emb: np.ndarray, factors: int, lam: float
 def with_signal(rec: Recorded, rp: RankParams, signal: np.ndarray, weight: float) -> np.ndarray:
     """The blend plus `weight` x a probe signal divided by its max over the pool, its best SIGNAL_POOL
     non-excluded items added to the pool (as candidate_pool does for the counters)."""
+    pool = widen_pool(rec, np.where(signal > 0, signal, -np.inf), SIGNAL_POOL)
     open_signal = np.where(rec.excluded, 0.0, signal)
-    kth = -np.sort(-open_signal, axis=1)[:, SIGNAL_POOL - 1 : SIGNAL_POOL]
-    pool = rec.pool | ((open_signal >= kth) & (open_signal > 0))
-    wider = replace(rec, pool=pool)
     top = np.where(pool, open_signal, 0.0).max(axis=1, keepdims=True)
     scaled = np.divide(open_signal, top, out=np.zeros_like(open_signal), where=top > 0)
-    return np.where(pool, blend_scores(wider, rp) + weight * scaled, -np.inf)
+    return blend_scores(replace(rec, pool=pool), rp) + weight * scaled  # -inf outside the pool
 
 
 def with_new_releases(rec: Recorded, rp: RankParams, fresh: np.ndarray, weight: float) -> np.ndarray:
     """The blend plus `weight` x the text part for items released this year or last (fresh: (queries, items) bool),
     their best SIGNAL_POOL non-excluded items by text affinity added to the pool."""
-    by_text = np.where(rec.excluded | ~fresh, -np.inf, rec.text)
-    kth = -np.sort(-by_text, axis=1)[:, SIGNAL_POOL - 1 : SIGNAL_POOL]
-    pool = rec.pool | (np.isfinite(by_text) & (by_text >= kth))
+    pool = widen_pool(rec, np.where(fresh, rec.text, -np.inf), SIGNAL_POOL)
     top = np.where(pool, rec.text, -np.inf).max(axis=1, keepdims=True)
     affinity = np.exp(np.minimum((rec.text - top) / rp.text_temperature, 50.0))
-    return np.where(pool, blend_scores(replace(rec, pool=pool), rp) + weight * fresh * affinity, -np.inf)
+    return blend_scores(replace(rec, pool=pool), rp) + weight * fresh * affinity  # -inf outside the pool
 
 
 def release_fresh(data: Interactions, mode: str, lag: int) -> np.ndarray:
