@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from stream_app.core.collab import CollabParams
 from stream_app.core.interest import InterestParams
 from stream_app.offline.baselines import ITEMKNN_MAX_ITEMS, ItemKNN, MostPopular, SeedAttention, TextMean, seed_params
 from stream_app.offline.datasets import Interactions, load_dataset
-from stream_app.offline.protocol import COLD_THRESHOLD, cold_mask, event_types, leave_one_out, queries_for
+from stream_app.offline.protocol import COLD_THRESHOLD, Result, cold_mask, event_types, leave_one_out, queries_for
 from stream_app.offline.replay import DEFAULT_NAME, Default, Model, Replay, item_embeddings, replay
 from stream_app.core.ranking import RankParams
 from stream_app.settings import Settings
@@ -23,6 +24,7 @@ from stream_app.settings import Settings
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("all", "cold-items")
+VERSUS = "default_over_model_hr@10"  # in each protocol's results: the default's HR@10 ÷ each model's, 95% interval
 EXCLUSION_NOTE = ("every item the user consumed before the target is excluded (exclude_types = all event types); "
                   "the stream's default is the same, operators may allow viewed/carted items back")
 
@@ -54,9 +56,32 @@ def evaluate(
     result = replay(ctx, models, queries, applied, desc=mode, progress=progress)
     cold = cold_mask(data, queries, applied, cold_threshold)
     return {
-        "all": {"targets": len(queries), "models": result.summary()},
-        "cold-items": {"targets": int(cold.sum()), "threshold": cold_threshold, "models": result.summary(cold)},
+        "all": {"targets": len(queries), "models": result.summary(), VERSUS: versus(result)},
+        "cold-items": {"targets": int(cold.sum()), "threshold": cold_threshold, "models": result.summary(cold),
+                       VERSUS: versus(result, cold)},
     }
+
+
+def versus(result: Result, mask: np.ndarray | None = None) -> dict[str, dict[str, float | str | None]]:
+    """The default's HR@10 over each other model's on the same targets, with its 95% paired-bootstrap interval
+    (protocol.ratio_interval). JSON has no infinity: "inf" where the model has no hits (unbounded), None where
+    the ratio is undefined (neither model has a hit)."""
+    def value(x: float) -> float | str | None:
+        return round(x, 4) if math.isfinite(x) else "inf" if x > 0 else None
+
+    return {name: {"ratio": value(r), "low": value(lo), "high": value(hi)}
+            for name, (r, lo, hi) in result.versus(DEFAULT_NAME, "hr@10", mask).items()}
+
+
+def _ratio_cell(v: dict[str, float | str | None] | None) -> str:
+    """A table cell like 1.56 (0.80–3.50): ∞ for an unbounded value, n/a for an undefined one, — for the default."""
+    if v is None:
+        return "—"
+
+    def fmt(x: float | str | None) -> str:
+        return "n/a" if x is None else "∞" if x == "inf" else f"{x:.2f}"
+
+    return f"{fmt(v['ratio'])} ({fmt(v['low'])}–{fmt(v['high'])})"
 
 
 def markdown_table(dataset: str, mode: str, protocol: str, run: dict) -> str:
@@ -66,12 +91,14 @@ def markdown_table(dataset: str, mode: str, protocol: str, run: dict) -> str:
     lines = [
         f"**{dataset}, {mode}, {protocol}** ({what}; {run['targets']} targets; full ranking)",
         "",
-        "| model | HR@10 | NDCG@10 | HR@50 | seconds |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| model | HR@10 | NDCG@10 | HR@50 | default ÷ model, HR@10 (95% CI) | seconds |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, m in run["models"].items():
         label = f"{name} (default)" if name == DEFAULT_NAME else name
-        lines.append(f"| {label} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} | {m['seconds']:.1f} |")
+        ratio = _ratio_cell(run.get(VERSUS, {}).get(name))
+        lines.append(f"| {label} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} | {ratio} | "
+                     f"{m['seconds']:.1f} |")
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ CUTOFFS = (10, 50)
 METRICS = ("hr@10", "ndcg@10", "hr@50")
 RATING_TYPES = {1: "view", 2: "view", 3: "click", 4: "cart", 5: "purchase"}
 COLD_THRESHOLD = 5  # a cold-item target: its item had fewer than this many earlier interactions in the replay
+BOOTSTRAP_ROUNDS = 2000
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,41 @@ def rank_metrics(scores: np.ndarray, targets: np.ndarray, excluded: np.ndarray) 
     return out
 
 
+def ratio_interval(
+    a: np.ndarray, b: np.ndarray, level: float = 0.95, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0,
+) -> tuple[float, float, float]:
+    """R = Σ a_i / Σ b_i over the same targets, and its paired percentile-bootstrap interval at `level`.
+
+    a, b: one per-target metric (e.g. HR@10) of two models on the same n targets. Each of `rounds` draws takes n
+    targets with replacement, the same ones for both models, and computes R* = Σ a_i* / Σ b_i*; the interval is the
+    (1 − level)/2 and (1 + level)/2 quantiles of R* (inverted CDF: values that occur, no interpolation). A draw
+    with Σ b* = 0 < Σ a* has R* = inf; one where both are 0 says nothing and is dropped. Returns (R, low, high);
+    nan where undefined (no targets, or both models score 0 everywhere). Seeded: the same inputs print the same
+    interval.
+    """
+    a = np.asarray(a, np.float64).reshape(-1)
+    b = np.asarray(b, np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"paired metrics need the same targets, got {a.shape} and {b.shape}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+
+    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(num > 0, np.inf, np.nan))
+
+    if a.size == 0:
+        return math.nan, math.nan, math.nan
+    point = float(ratio(a.sum(keepdims=True), b.sum(keepdims=True))[0])
+    draws = np.random.default_rng(seed).integers(0, a.size, size=(rounds, a.size))
+    samples = ratio(a[draws].sum(axis=1), b[draws].sum(axis=1))
+    samples = samples[~np.isnan(samples)]
+    if samples.size == 0:
+        return point, math.nan, math.nan
+    low, high = np.quantile(samples, [(1.0 - level) / 2, (1.0 + level) / 2], method="inverted_cdf")
+    return point, float(low), float(high)
+
+
 @dataclass
 class Result:
     """Per-query metric arrays and seconds spent, per model."""
@@ -86,6 +122,15 @@ class Result:
             name: {**{m: mean(v[m]) for m in METRICS}, "seconds": round(self.seconds[name], 3)}
             for name, v in self.metrics.items()
         }
+
+    def versus(self, reference: str, metric: str = "hr@10", mask: np.ndarray | None = None) -> dict[str, tuple[float, float, float]]:
+        """Per other model: `reference`'s metric over that model's on the same targets (mask: which), as
+        ratio_interval's (R, low, high) of a 95% paired bootstrap."""
+        def values(name: str) -> np.ndarray:
+            arr = np.asarray(self.metrics[name][metric], np.float64)
+            return arr if mask is None else arr[mask]
+
+        return {name: ratio_interval(values(reference), values(name)) for name in self.metrics if name != reference}
 
 
 @dataclass(frozen=True)

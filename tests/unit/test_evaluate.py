@@ -107,6 +107,29 @@ def test_metrics_ties_and_cutoffs() -> None:
     assert m["hr@50"][0] == 0.0
 
 
+def test_ratio_interval_is_paired_and_shrinks_with_more_targets() -> None:
+    rng = np.random.default_rng(1)
+    b = (rng.random(78) < 0.06).astype(float)
+    b[:3] = 1.0
+    # the same per-target values: every paired draw gives exactly 1
+    assert ev.ratio_interval(b, b) == (1.0, 1.0, 1.0)
+    # a = 2b target by target: every draw gives 2 (an unpaired bootstrap would spread it)
+    assert ev.ratio_interval(2 * b, b) == (2.0, 2.0, 2.0)
+    a = (rng.random(78) < 0.1).astype(float)
+    a[:2] = 1.0
+    r, low, high = ev.ratio_interval(a, b)
+    assert r == pytest.approx(a.sum() / b.sum()) and low <= r <= high
+    assert ev.ratio_interval(a, b) == (r, low, high)  # seeded
+    # ten times the targets with the same hit rates: a narrower interval around the same ratio
+    r10, low10, high10 = ev.ratio_interval(np.tile(a, 10), np.tile(b, 10))
+    assert r10 == pytest.approx(r) and low <= low10 <= r10 <= high10 <= high and high10 - low10 < (high - low) / 2
+    # no hits for the second model: unbounded; none for either: undefined
+    assert ev.ratio_interval(a, np.zeros(78)) == (math.inf, math.inf, math.inf)
+    assert all(math.isnan(x) for x in ev.ratio_interval(np.zeros(4), np.zeros(4)))
+    with pytest.raises(ValueError):
+        ev.ratio_interval(a, b[:10])
+
+
 # ---- no future data in streaming mode ------------------------------------------------------------------------
 
 
@@ -159,13 +182,17 @@ def test_cli_end_to_end_on_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert res["dataset"] == "tiny" and res["mode"] == "streaming" and res["default"] == "blend"
     assert set(res["models"]) == {"most-popular", "item-knn (cosine, last 3)", "text-mean", "seed-attention", "blend"}
     assert set(res["protocols"]) == {"all", "cold-items"} and res["protocols"]["all"]["targets"] == 4
+    versus = res["protocols"]["all"][ev_cli.VERSUS]
+    assert set(versus) == set(res["models"]) - {"blend"}
+    assert all(v["ratio"] in ("inf", None) or v["low"] <= v["ratio"] <= v["high"] for v in versus.values())
     for m in res["models"].values():
         assert set(m) == {"hr@10", "ndcg@10", "hr@50", "seconds"}
         assert 0.0 <= m["ndcg@10"] <= m["hr@10"] <= m["hr@50"] <= 1.0
     # 9 items < 10: every non-excluded target is a hit at 10; u2's test target i6... all 4 targets were unseen
     assert res["models"]["most-popular"]["hr@10"] == 1.0
     printed = capsys.readouterr().out
-    assert "| model | HR@10 | NDCG@10 | HR@50 | seconds |" in printed and "blend (default)" in printed
+    assert "| model | HR@10 | NDCG@10 | HR@50 | default ÷ model, HR@10 (95% CI) | seconds |" in printed
+    assert "blend (default)" in printed
     assert "streaming, cold-items" in printed
     cache = list((tmp_path / "data" / "eval-cache").glob("tiny-all-MiniLM-L6-v2-*.npy"))
     assert len(cache) == 1 and np.load(cache[0]).shape == (9, 384)
