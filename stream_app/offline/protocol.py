@@ -123,7 +123,9 @@ class Result:
             for name, v in self.metrics.items()
         }
 
-    def versus(self, reference: str, metric: str = "hr@10", mask: np.ndarray | None = None) -> dict[str, tuple[float, float, float]]:
+    def versus(
+        self, reference: str, metric: str = "hr@10", mask: np.ndarray | None = None,
+    ) -> dict[str, tuple[float, float, float]]:
         """Per other model: `reference`'s metric over that model's on the same targets (mask: which), as
         ratio_interval's (R, low, high) of a 95% paired bootstrap."""
         def values(name: str) -> np.ndarray:
