@@ -1,6 +1,6 @@
 """Cold-item probes: candidate signals for targets whose item had < 5 earlier interactions, on validation only.
 
-    .venv/bin/python benchmarks/cold_signals.py            # ML-100K, ~2 minutes after the embeddings are cached
+    .venv/bin/python benchmarks/cold_signals.py            # ML-100K, ~4 minutes after the embeddings are cached
 
 Records the default model's ranking inputs on the validation targets of both modes (tuning.record), then prints,
 for each probe, the validation HR@10 hits it wins or loses against the defaults over all targets and over the
@@ -22,6 +22,10 @@ wins a cold hit without losing hits over all targets. Probes:
   the K with the most overlap, each scoring their last 50 items by overlap / sqrt(lengths).
 The last two are added to the blend like a counter (divided by their max over the pool, their best 50 items added
 to the pool), at weights 0.1-1.
+- learned blend: a linear score over the pool on 15 features (the blend's parts, the cold term cold(j) and its
+  products with them, counter presence and square roots, log(1 + n(j))), fitted by maximising the listwise softmax
+  likelihood of the target (Adam from the default weights), scored out of fold (users split in two at random) and
+  in sample.
 """
 
 from __future__ import annotations
@@ -248,6 +252,54 @@ def session_knn(data: Interactions, mode: str, takers_per_item: int, neighbours:
     return replay_probe(data, mode, observe, answer)
 
 
+def blend_features(rec: Recorded, rp: RankParams) -> np.ndarray:
+    """(queries, items, 15) float32 features of the learned-blend probe (see the module docstring)."""
+    def scaled(x: np.ndarray) -> np.ndarray:
+        top = np.where(rec.pool, x, 0.0).max(axis=1, keepdims=True)
+        return np.divide(x, top, out=np.zeros_like(x), where=top > 0)
+
+    top = np.where(rec.pool, rec.text, -np.inf).max(axis=1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    text, wide_text = (np.exp(np.minimum((rec.text - top) / t, 50.0)) for t in (rp.text_temperature, 0.1))
+    cooc, seq, pop = scaled(rec.cooc), scaled(rec.seq), scaled(rec.pop)
+    cold = np.exp(-rec.support / rp.cold_support)
+    parts = [text, wide_text, cooc, seq, pop, cold, cold * cooc, cold * seq, cold * wide_text, np.sqrt(cooc),
+             np.sqrt(seq), cooc * seq, np.log1p(rec.support) / 6.0, (cooc > 0) * 1.0, (seq > 0) * 1.0]
+    return np.stack(parts, axis=-1).astype(np.float32)
+
+
+def fit_listwise(x: np.ndarray, pool: np.ndarray, targets: np.ndarray, rp: RankParams, steps: int = 400,
+                 lr: float = 0.05, l2: float = 1e-3) -> np.ndarray:
+    """Weights w maximising the mean over queries (those whose target is in the pool) of
+    log softmax_{j in pool}(w . x_j)[target] - l2/2 |w|^2, by Adam from the default blend's weights."""
+    q = np.flatnonzero(pool[np.arange(len(targets)), targets])
+    xq, in_pool, rows, tq = x[q], pool[q], np.arange(len(q)), targets[q]
+    w = np.zeros(x.shape[-1])
+    w[[0, 2, 3, 4]] = rp.text_weight, rp.cooc_weight, rp.seq_weight, rp.pop_weight
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for t in range(1, steps + 1):
+        z = np.where(in_pool, xq @ w, -np.inf)
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        grad = (np.einsum("qn,qnf->f", p, xq) - xq[rows, tq].sum(axis=0)) / len(q) + l2 * w
+        m, v = 0.9 * m + 0.1 * grad, 0.999 * v + 0.001 * grad * grad
+        w -= lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+    return w
+
+
+def learned_blend(rec: Recorded, rp: RankParams, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(out-of-fold scores, in-sample scores, in-sample weights) of the learned blend: users split in two at random,
+    each half scored by the weights fitted on the other; in sample, fitted and scored on all."""
+    x = blend_features(rec, rp)
+    fold = np.random.default_rng(seed).integers(0, 2, len(rec.targets))
+    out_of_fold = np.full(rec.text.shape, -np.inf)
+    for k in (0, 1):
+        w = fit_listwise(x[fold != k], rec.pool[fold != k], rec.targets[fold != k], rp)
+        out_of_fold[fold == k] = np.where(rec.pool[fold == k], x[fold == k] @ w, -np.inf)
+    w = fit_listwise(x, rec.pool, rec.targets, rp)
+    return out_of_fold, np.where(rec.pool, x @ w, -np.inf), w
+
+
 def cold_top10(rec: Recorded, score: np.ndarray) -> int:
     """Cold-item targets ranked in the top 10 among the non-excluded items with < COLD_THRESHOLD interactions."""
     n = 0
@@ -347,6 +399,13 @@ def main() -> None:
               + ", ".join(f"{m} {cold_top10(rec, signal[m])}" for m, rec in recs.items()))
         for weight in (0.1, 0.3, 0.5, 1.0):
             row(f"weight {weight}", {m: hits(rec, with_signal(rec, rp, signal[m], weight)) for m, rec in recs.items()})
+
+    print("\nlearned blend (listwise softmax on 15 features)")
+    learned = {mode: learned_blend(rec, rp) for mode, rec in recs.items()}
+    row("out of fold (2 folds over users)", {m: hits(recs[m], oof) for m, (oof, _, _) in learned.items()})
+    row("in sample", {m: hits(recs[m], ins) for m, (_, ins, _) in learned.items()})
+    for mode, (_, _, w) in learned.items():
+        print(f"  {mode} in-sample weights: " + " ".join(f"{v:+.2f}" for v in w) + f" (cold(j): {w[5]:+.2f})")
 
 
 if __name__ == "__main__":
