@@ -22,10 +22,11 @@ wins a cold hit without losing hits over all targets. Probes:
   the K with the most overlap, each scoring their last 50 items by overlap / sqrt(lengths).
 The last two are added to the blend like a counter (divided by their max over the pool, their best 50 items added
 to the pool), at weights 0.1-1.
-- learned blend: a linear score over the pool on 15 features (the blend's parts, the cold term cold(j) and its
-  products with them, counter presence and square roots, log(1 + n(j))), fitted by maximising the listwise softmax
-  likelihood of the target (Adam from the default weights), scored out of fold (users split in two at random) and
-  in sample.
+- learned blend: a linear score over the pool on 15 features (blend_features: the co-occurrence, sequence and
+  popularity parts, the text part at temperature T and 0.1, cold(j), its products with co-occurrence, sequence and
+  the wide text part, co-occurrence x sequence, counter presence and square roots, log(1 + n(j))), fitted by
+  maximising the listwise softmax likelihood of the target (Adam from the default weights), scored out of fold
+  (users split in two at random) and in sample.
 """
 
 from __future__ import annotations
@@ -271,8 +272,11 @@ def blend_features(rec: Recorded, rp: RankParams) -> np.ndarray:
 def fit_listwise(x: np.ndarray, pool: np.ndarray, targets: np.ndarray, rp: RankParams, steps: int = 400,
                  lr: float = 0.05, l2: float = 1e-3) -> np.ndarray:
     """Weights w maximising the mean over queries (those whose target is in the pool) of
-    log softmax_{j in pool}(w . x_j)[target] - l2/2 |w|^2, by Adam from the default blend's weights."""
+    log softmax_{j in pool}(w . x_j)[target] - l2/2 |w|^2, by Adam from the default blend's weights (its score
+    exactly while the cold-item boosts are 0, the defaults)."""
     q = np.flatnonzero(pool[np.arange(len(targets)), targets])
+    if not len(q):
+        raise ValueError("no query has its target in the pool: nothing to fit")
     xq, in_pool, rows, tq = x[q], pool[q], np.arange(len(q)), targets[q]
     w = np.zeros(x.shape[-1])
     w[[0, 2, 3, 4]] = rp.text_weight, rp.cooc_weight, rp.seq_weight, rp.pop_weight

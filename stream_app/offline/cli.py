@@ -62,26 +62,34 @@ def evaluate(
     }
 
 
-def versus(result: Result, mask: np.ndarray | None = None) -> dict[str, dict[str, float | str | None]]:
+def versus(result: Result, mask: np.ndarray | None = None) -> dict[str, dict[str, float | None]]:
     """The default's HR@10 over each other model's on the same targets, with its 95% paired-bootstrap interval
-    (protocol.ratio_interval). JSON has no infinity: "inf" where the model has no hits (unbounded), None where
-    the ratio is undefined (neither model has a hit)."""
-    def value(x: float) -> float | str | None:
-        return round(x, 4) if math.isfinite(x) else "inf" if x > 0 else None
+    (protocol.ratio_interval), and both models' HR@10 sums (hits; ties count fractionally). JSON has no infinity:
+    a value that is not a finite number is None, and the hits say why (model_hits 0: the model has no hit, the
+    ratio is unbounded; both 0: undefined; a finite ratio with high None: some draws hold none of its hits)."""
+    def finite(x: float) -> float | None:
+        return round(x, 4) if math.isfinite(x) else None
 
-    return {name: {"ratio": value(r), "low": value(lo), "high": value(hi)}
-            for name, (r, lo, hi) in result.versus(DEFAULT_NAME, "hr@10", mask).items()}
+    def hits(name: str) -> float:
+        values = np.asarray(result.metrics[name]["hr@10"], np.float64)
+        return round(float((values if mask is None else values[mask]).sum()), 4)
+
+    return {
+        name: {"ratio": finite(r), "low": finite(lo), "high": finite(hi), "default_hits": hits(DEFAULT_NAME),
+               "model_hits": hits(name)}
+        for name, (r, lo, hi) in result.versus(DEFAULT_NAME, "hr@10", mask).items()
+    }
 
 
-def _ratio_cell(v: dict[str, float | str | None] | None) -> str:
-    """A table cell like 1.56 (0.80–3.50): ∞ for an unbounded value, n/a for an undefined one, — for the default."""
-    if v is None:
-        return "—"
-
-    def fmt(x: float | str | None) -> str:
-        return "n/a" if x is None else "∞" if x == "inf" else f"{x:.2f}"
-
-    return f"{fmt(v['ratio'])} ({fmt(v['low'])}–{fmt(v['high'])})"
+def ratio_cell(v: dict[str, float | None]) -> str:
+    """One `versus` entry as a table cell: 1.56 (0.72–4.54); 3.50 (1.00–∞) when some draws hold none of the
+    model's hits; ∞ (no hit) when the model has none; n/a when neither model has a hit."""
+    if v["ratio"] is None:
+        return "∞ (no hit)" if v["model_hits"] == 0 < v["default_hits"] else "n/a"
+    if v["low"] is None:
+        return f"{v['ratio']:.2f} (n/a)"
+    high = "∞" if v["high"] is None else f"{v['high']:.2f}"
+    return f"{v['ratio']:.2f} ({v['low']:.2f}–{high})"
 
 
 def markdown_table(dataset: str, mode: str, protocol: str, run: dict) -> str:
@@ -96,7 +104,7 @@ def markdown_table(dataset: str, mode: str, protocol: str, run: dict) -> str:
     ]
     for name, m in run["models"].items():
         label = f"{name} (default)" if name == DEFAULT_NAME else name
-        ratio = _ratio_cell(run.get(VERSUS, {}).get(name))
+        ratio = "—" if name == DEFAULT_NAME else ratio_cell(run[VERSUS][name])
         lines.append(f"| {label} | {m['hr@10']:.4f} | {m['ndcg@10']:.4f} | {m['hr@50']:.4f} | {ratio} | "
                      f"{m['seconds']:.1f} |")
     return "\n".join(lines)
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         out = runs[0] if len(runs) == 1 else {"dataset": data.name, "mode": "both", "default": DEFAULT_NAME, "runs": runs}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        args.json.write_text(json.dumps(out, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return 0
 
 

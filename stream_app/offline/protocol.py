@@ -75,34 +75,48 @@ def ratio_interval(
 ) -> tuple[float, float, float]:
     """R = Σ a_i / Σ b_i over the same targets, and its paired percentile-bootstrap interval at `level`.
 
-    a, b: one per-target metric (e.g. HR@10) of two models on the same n targets. Each of `rounds` draws takes n
-    targets with replacement, the same ones for both models, and computes R* = Σ a_i* / Σ b_i*; the interval is the
-    (1 − level)/2 and (1 + level)/2 quantiles of R* (inverted CDF: values that occur, no interpolation). A draw
-    with Σ b* = 0 < Σ a* has R* = inf; one where both are 0 says nothing and is dropped. Returns (R, low, high);
-    nan where undefined (no targets, or both models score 0 everywhere). Seeded: the same inputs print the same
-    interval.
+    a, b: one per-target metric (e.g. HR@10) of two models on the same n targets, 1-d. Each of `rounds` draws takes
+    n targets with replacement, the same ones for both models, and computes R* = Σ a_i* / Σ b_i*. A draw with
+    Σ b* = 0 < Σ a* has R* = inf; one where both are 0 says nothing and is dropped. Of the m draws kept, sorted,
+    the interval is the ⌈m·p⌉-th for p = (1 − level)/2 and (1 + level)/2 (the inverted-CDF quantile: values that
+    occur, no interpolation). Returns (R, low, high), with
+    - (nan, nan, nan) for no targets, or when neither model scores anything;
+    - (inf, nan, nan) when b scores nothing and a does: unbounded, and no draw can say by how much;
+    - high = inf when some draws miss every target b scores (few of them).
+    With a single target scored by both, every kept draw gives the same R: too few targets, not certainty.
+    Seeded: the same inputs give the same interval (with the same NumPy: its generators' streams may change
+    between versions). Memory is bounded: the draws are made in chunks of about a million indices.
     """
-    a = np.asarray(a, np.float64).reshape(-1)
-    b = np.asarray(b, np.float64).reshape(-1)
-    if a.shape != b.shape:
-        raise ValueError(f"paired metrics need the same targets, got {a.shape} and {b.shape}")
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"paired metrics need the same targets as 1-d arrays, got {a.shape} and {b.shape}")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    total_a, total_b = float(a.sum()), float(b.sum())
+    if a.size == 0 or total_b <= 0:
+        return (math.inf if total_a > 0 else math.nan), math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    chunk = max(1, (1 << 20) // a.size)
+    sums_a, sums_b = [], []
+    for start in range(0, rounds, chunk):
+        draws = rng.integers(0, a.size, size=(min(chunk, rounds - start), a.size))
+        sums_a.append(a[draws].sum(axis=1))
+        sums_b.append(b[draws].sum(axis=1))
+    num, den = np.concatenate(sums_a), np.concatenate(sums_b)
+    keep = (den > 0) | (num > 0)
+    samples = np.sort(np.where(den[keep] > 0, num[keep] / np.where(den[keep] > 0, den[keep], 1.0), np.inf))
+    m = samples.size  # >= 1 unless every draw missed every scored target (then the interval is unknown)
+    if m == 0:
+        return total_a / total_b, math.nan, math.nan
 
-    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(num > 0, np.inf, np.nan))
+    def order_statistic(p: float) -> float:
+        k = math.ceil(round(m * p, 9))  # round: (1 - 0.95) / 2 * 2000 is 50.00000000000004 in floating point
+        return float(samples[min(max(k, 1), m) - 1])
 
-    if a.size == 0:
-        return math.nan, math.nan, math.nan
-    point = float(ratio(a.sum(keepdims=True), b.sum(keepdims=True))[0])
-    draws = np.random.default_rng(seed).integers(0, a.size, size=(rounds, a.size))
-    samples = ratio(a[draws].sum(axis=1), b[draws].sum(axis=1))
-    samples = samples[~np.isnan(samples)]
-    if samples.size == 0:
-        return point, math.nan, math.nan
-    low, high = np.quantile(samples, [(1.0 - level) / 2, (1.0 + level) / 2], method="inverted_cdf")
-    return point, float(low), float(high)
+    return total_a / total_b, order_statistic((1.0 - level) / 2), order_statistic((1.0 + level) / 2)
 
 
 @dataclass

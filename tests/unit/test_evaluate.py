@@ -118,16 +118,50 @@ def test_ratio_interval_is_paired_and_shrinks_with_more_targets() -> None:
     a = (rng.random(78) < 0.1).astype(float)
     a[:2] = 1.0
     r, low, high = ev.ratio_interval(a, b)
-    assert r == pytest.approx(a.sum() / b.sum()) and low <= r <= high
+    assert r == pytest.approx(a.sum() / b.sum()) and low < r < high
     assert ev.ratio_interval(a, b) == (r, low, high)  # seeded
-    # ten times the targets with the same hit rates: a narrower interval around the same ratio
+    # ten times the targets with the same hit rates: the same ratio, a much narrower interval
     r10, low10, high10 = ev.ratio_interval(np.tile(a, 10), np.tile(b, 10))
-    assert r10 == pytest.approx(r) and low <= low10 <= r10 <= high10 <= high and high10 - low10 < (high - low) / 2
-    # no hits for the second model: unbounded; none for either: undefined
-    assert ev.ratio_interval(a, np.zeros(78)) == (math.inf, math.inf, math.inf)
-    assert all(math.isnan(x) for x in ev.ratio_interval(np.zeros(4), np.zeros(4)))
-    with pytest.raises(ValueError):
-        ev.ratio_interval(a, b[:10])
+    assert r10 == pytest.approx(r) and low10 < r10 < high10 and high10 - low10 < (high - low) / 2
+
+
+def test_ratio_interval_order_statistics_and_edges() -> None:
+    # 40 targets, a hit by a on 20, b on the other 20: R = 1; the kept draws' 2.5% and 97.5% order statistics,
+    # recomputed here from the same seeded draws
+    a = np.r_[np.ones(20), np.zeros(20)]
+    b = 1.0 - a
+    draws = np.random.default_rng(0).integers(0, 40, size=(ev.BOOTSTRAP_ROUNDS, 40))
+    samples = np.sort(a[draws].sum(axis=1) / b[draws].sum(axis=1))
+    assert ev.ratio_interval(a, b) == (1.0, samples[49], samples[1949])  # the 50th and 1950th of 2,000
+    # one hit each on different targets: anything from 0 to unbounded
+    one_a, one_b = np.r_[1.0, 0.0, 0.0, 0.0], np.r_[0.0, 1.0, 0.0, 0.0]
+    assert ev.ratio_interval(one_a, one_b) == (1.0, 0.0, math.inf)
+    # a scores nothing: 0 in every draw; b scores nothing: unbounded, no interval; neither, or no targets: undefined
+    assert ev.ratio_interval(np.zeros(4), one_b) == (0.0, 0.0, 0.0)
+    r, low, high = ev.ratio_interval(one_a, np.zeros(4))
+    assert r == math.inf and math.isnan(low) and math.isnan(high)
+    for x, y in ((np.zeros(4), np.zeros(4)), (np.zeros(0), np.zeros(0))):
+        assert all(math.isnan(v) for v in ev.ratio_interval(x, y))
+    for bad in (dict(a=one_a, b=one_b[:3]), dict(a=one_a.reshape(2, 2), b=one_b.reshape(2, 2)),
+                dict(a=one_a, b=one_b, level=1.0), dict(a=one_a, b=one_b, rounds=0)):
+        with pytest.raises(ValueError):
+            ev.ratio_interval(**bad)
+
+
+def test_versus_cells_and_strict_json() -> None:
+    hits = {"blend": [1.0, 1.0, 0.0, 0.5], "twin": [1.0, 1.0, 0.0, 0.5], "blind": [0.0] * 4, "other": [0.0, 1.0, 1.0, 0.0]}
+    result = ev.Result({name: {"hr@10": h} for name, h in hits.items()}, {name: 0.0 for name in hits})
+    out = ev_cli.versus(result)
+    assert set(out) == {"twin", "blind", "other"}
+    assert out["twin"] == {"ratio": 1.0, "low": 1.0, "high": 1.0, "default_hits": 2.5, "model_hits": 2.5}
+    assert out["blind"] == {"ratio": None, "low": None, "high": None, "default_hits": 2.5, "model_hits": 0.0}
+    assert out["other"]["ratio"] == 1.25 and out["other"]["high"] is None  # some draws hold neither of its hits
+    assert ev_cli.ratio_cell(out["twin"]) == "1.00 (1.00–1.00)"
+    assert ev_cli.ratio_cell(out["blind"]) == "∞ (no hit)"
+    assert ev_cli.ratio_cell(out["other"]).endswith("–∞)")
+    none_hit = ev_cli.versus(result, np.array([False, False, True, False]))  # a target nobody but "other" hits
+    assert none_hit["twin"]["ratio"] is None and ev_cli.ratio_cell(none_hit["twin"]) == "n/a"
+    json.dumps(out, allow_nan=False)  # standard JSON: no Infinity, no NaN
 
 
 # ---- no future data in streaming mode ------------------------------------------------------------------------
@@ -182,9 +216,8 @@ def test_cli_end_to_end_on_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert res["dataset"] == "tiny" and res["mode"] == "streaming" and res["default"] == "blend"
     assert set(res["models"]) == {"most-popular", "item-knn (cosine, last 3)", "text-mean", "seed-attention", "blend"}
     assert set(res["protocols"]) == {"all", "cold-items"} and res["protocols"]["all"]["targets"] == 4
-    versus = res["protocols"]["all"][ev_cli.VERSUS]
-    assert set(versus) == set(res["models"]) - {"blend"}
-    assert all(v["ratio"] in ("inf", None) or v["low"] <= v["ratio"] <= v["high"] for v in versus.values())
+    for protocol in res["protocols"].values():  # every model hits every target of this fixture at 10
+        assert set(protocol[ev_cli.VERSUS]) == set(res["models"]) - {"blend"}
     for m in res["models"].values():
         assert set(m) == {"hr@10", "ndcg@10", "hr@50", "seconds"}
         assert 0.0 <= m["ndcg@10"] <= m["hr@10"] <= m["hr@50"] <= 1.0
