@@ -128,16 +128,18 @@ class Settings(BaseSettings):
     seq_recency: float = Field(0.7, gt=0, le=1, description="Weight ratio of each older recent item (sequence).")
     seq_neighbour_pop_exponent: float = Field(0.5, ge=0, description="Damping of popular successors.")
     rank_pool: int = Field(200, ge=1, description="Candidates taken from each counter signal (co-occurrence, sequence, popular).")
-    rank_text_pool: int = Field(50, ge=1, description="Candidates taken from the interest slots' text search (the search limit). While blend_cold_text_weight is 0 the text part rises with the text score and every other part is >= 0, so an item below text rank k never makes a top-k list: 50 loses nothing for lists up to 50 (the evaluator's HR@50) and searches far less than the counters' pool.")
+    rank_text_pool: int = Field(50, ge=1, description="Candidates taken from the interest slots' text search (the search limit). While blend_cold_text_weight is 0 the text part rises with the text score and every other part is >= 0, so an item below text rank k never makes a top-k list; with the cold-item text boost (default 0.2) a little-known item below the limit can miss a place it would have earned. The evaluator searches with the same limit, so its tables measure the product as served; 50 searches far less than the counters' pool.")
     blend_text_weight: float = Field(0.02, ge=0, description="Weight of the interest slots' text affinity.")
     blend_cooc_weight: float = Field(1.0, ge=0, description="Weight of the co-occurrence score.")
     blend_seq_weight: float = Field(0.5, ge=0, description="Weight of the directed sequence score.")
     blend_pop_weight: float = Field(0.0, ge=0, description="Weight of popularity (0: popularity only fills lists of users with no other signal; see README, Offline evaluation).")
     blend_text_temperature: float = Field(0.02, gt=0, description="Temperature of the text affinity's exp().")
-    blend_cold_text_weight: float = Field(0.0, ge=0, description="Extra text weight of items with little support.")
-    blend_cold_collab_weight: float = Field(0.0, ge=0, description="Extra factor on the co-occurrence and sequence parts "
-                                            "of items with little support: x (1 + w exp(-n/blend_cold_support)); 0: off "
-                                            "(it costs more warm hits than it wins cold ones on validation, see README).")
+    blend_cold_text_weight: float = Field(0.2, ge=0, description="Extra text weight of items with little support: "
+                                          "+ w exp(-n/blend_cold_support). With the collab boost below, the least "
+                                          "validation cost at which the default ranks cold-item events at least 2x as "
+                                          "well as item-knn (`stream-app eval --tune cold`, README).")
+    blend_cold_collab_weight: float = Field(0.3, ge=0, description="Extra factor on the co-occurrence and sequence parts "
+                                            "of items with little support: x (1 + w exp(-n/blend_cold_support)); 0: off.")
     blend_cold_support: float = Field(5.0, gt=0, description="Interactions at which the extra cold weights fall to 1/e.")
     exclude_types: str = Field(
         "view,click,review,cart,purchase,dislike",

@@ -1,4 +1,5 @@
-"""Evaluation protocol: leave-one-out split, queries per mode, cold-item targets, full-ranking metrics."""
+"""Evaluation protocol: leave-one-out split, queries per mode, cold-item targets (and every cold-item event), full-ranking
+metrics, paired ratio intervals."""
 
 from __future__ import annotations
 
@@ -177,6 +178,24 @@ def queries_for(data: Interactions, targets: Targets, split: str, mode: str) -> 
     return qs, applied
 
 
+
+
+def cold_event_queries(data: Interactions, threshold: int = COLD_THRESHOLD, min_history: int = 2) -> list[Query]:
+    """Every cold-item event of the stream as a target (prequential): a query right before each event whose item
+    had fewer than `threshold` earlier events and whose user had at least `min_history` (the leave-one-out targets
+    have at least 2), in global order, with every event replayed; the leave-one-out validation and test targets
+    left out, so these targets are disjoint from the ones reported and tuned on."""
+    targets = leave_one_out(data)
+    held_out = set(targets.valid_pos.tolist()) | set(targets.test_pos.tolist())
+    item_seen = np.zeros(data.n_items, np.int64)
+    user_seen = np.zeros(data.n_users, np.int64)
+    queries = []
+    for pos, (user, item) in enumerate(zip(data.users.tolist(), data.items.tolist())):
+        if item_seen[item] < threshold and user_seen[user] >= min_history and pos not in held_out:
+            queries.append(Query(pos, user, item, float(data.timestamps[pos])))
+        item_seen[item] += 1
+        user_seen[user] += 1
+    return queries
 
 
 def cold_mask(data: Interactions, queries: list[Query], applied: np.ndarray, threshold: int = COLD_THRESHOLD) -> np.ndarray:

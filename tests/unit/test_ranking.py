@@ -103,7 +103,7 @@ def test_pool_takes_each_signals_best_unexcluded_items() -> None:
 
 def test_rank_blend_hand_computed_with_parts() -> None:
     p = RankParams(pool=10, text_weight=1.0, cooc_weight=1.0, seq_weight=2.0, pop_weight=0.5, text_temperature=0.1,
-                   cold_text_weight=0.5, cold_support=2.0)
+                   cold_text_weight=0.5, cold_collab_weight=0.0, cold_support=2.0)
     e = np.eye(3, dtype=np.float32)
     vectors = {"a": e[0], "b": e[1], "c": (e[0] + e[1]) / np.sqrt(2)}
     slots, weights = np.stack([e[0], e[1]]), np.array([0.6, 0.4])
@@ -181,7 +181,7 @@ def test_cold_collab_weight_raises_the_counters_of_little_supported_items() -> N
     """(1 + cold_collab_weight * exp(-n/cold_support)) multiplies the co-occurrence and sequence parts; a well
     supported item keeps (almost) its plain score, so a cold item with weaker counts can pass it."""
     p = RankParams(pool=10, text_weight=0.0, cooc_weight=1.0, seq_weight=0.5, pop_weight=0.0, cold_collab_weight=2.0,
-                   cold_support=1.0)
+                   cold_text_weight=0.0, cold_support=1.0)
     vectors = {i: np.ones(2, np.float32) / np.sqrt(2) for i in ("warm", "cold")}
     cooc, seq, support = {"warm": 4.0, "cold": 2.0}, {"warm": 2.0, "cold": 1.0}, {"warm": 100.0, "cold": 0.0}
     out = rank(["warm", "cold"], vectors, np.zeros((0, 2)), np.zeros(0), cooc, seq, {}, support, p, k=2)
@@ -190,7 +190,8 @@ def test_cold_collab_weight_raises_the_counters_of_little_supported_items() -> N
     for r in out:
         assert r.score == pytest.approx(expect[r.item_id]) and r.score == pytest.approx(r.cooc + r.seq + r.text + r.pop)
     off = rank(["warm", "cold"], vectors, np.zeros((0, 2)), np.zeros(0), cooc, seq, {}, support,
-               RankParams(pool=10, text_weight=0.0, cooc_weight=1.0, seq_weight=0.5, pop_weight=0.0), k=2)
+               RankParams(pool=10, text_weight=0.0, cooc_weight=1.0, seq_weight=0.5, pop_weight=0.0,
+                          cold_collab_weight=0.0, cold_text_weight=0.0), k=2)
     assert [r.item_id for r in off] == ["warm", "cold"]
     with pytest.raises(ValueError):
         RankParams(cold_collab_weight=-1.0)
