@@ -1,6 +1,8 @@
-"""Validation-only tuning (`stream-app eval --tune`): coordinate search of the default's parameters and of the
-baselines' standard knobs, on validation targets (each user's second-to-last interaction) only. It prints every
-grid and the chosen values; the reported runs use the values written in Settings (and ITEMKNN_LAST)."""
+"""Tuning without test targets (`stream-app eval --tune`): coordinate search of the default's parameters and of the
+baselines' standard knobs on validation targets (each user's second-to-last interaction); the cold-item boosts are
+also scored on the stream's cold-item events (protocol.cold_event_queries, which leaves every leave-one-out target
+out). It prints every grid and the chosen values; the reported runs use the values written in Settings (and
+ITEMKNN_LAST)."""
 
 from __future__ import annotations
 
