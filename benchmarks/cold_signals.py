@@ -81,7 +81,7 @@ def with_new_arrivals(rec: Recorded, rp: RankParams, fresh: np.ndarray, weight: 
 
 def with_shrinkage(rec: Recorded, rp: RankParams, shrink: float) -> np.ndarray:
     """The blend with each counter score over (its max in the pool + shrink), times (1 + shrink), instead of over
-    its max: counts from a young stream weigh less against the text (the default's cold boosts are 0)."""
+    its max: counts from a young stream weigh less against the text (main() runs the probes with the cold boosts at 0)."""
     def shrunk(x: np.ndarray) -> np.ndarray:
         return x / (np.where(rec.pool, x, 0.0).max(axis=1, keepdims=True) + shrink) * (1.0 + shrink)
 
@@ -273,7 +273,7 @@ def fit_listwise(x: np.ndarray, pool: np.ndarray, targets: np.ndarray, rp: RankP
                  lr: float = 0.05, l2: float = 1e-3) -> np.ndarray:
     """Weights w maximising the mean over queries (those whose target is in the pool) of
     log softmax_{j in pool}(w . x_j)[target] - l2/2 |w|^2, by Adam from the default blend's weights (its score
-    exactly while the cold-item boosts are 0, the defaults)."""
+    exactly while the cold-item boosts are 0, as main() sets them)."""
     q = np.flatnonzero(pool[np.arange(len(targets)), targets])
     if not len(q):
         raise ValueError("no query has its target in the pool: nothing to fit")

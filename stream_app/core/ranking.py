@@ -101,10 +101,10 @@ class Ranked:
 
     item_id: str
     score: float
-    text: float  # text_weight * exp(...) part
+    text: float  # (text_weight + cold_text_weight * cold) * exp(...) part; 0 without interest slots
     slot: int  # the interest slot the text affinity comes from (-1: the user has no slot)
-    cooc: float  # cooc_weight * normalised co-occurrence part
-    seq: float  # seq_weight * normalised sequence part
+    cooc: float  # cooc_weight * normalised co-occurrence part (x (1 + cold_collab_weight * cold))
+    seq: float  # seq_weight * normalised sequence part (x the same cold factor)
     pop: float  # pop_weight * normalised popularity part
 
 
@@ -308,7 +308,10 @@ def rank(
         text_weight = text_weight + params.cold_text_weight * cold
         parts_cooc = parts_cooc * (1.0 + params.cold_collab_weight * cold)
         parts_seq = parts_seq * (1.0 + params.cold_collab_weight * cold)
-    parts_text = text_weight * np.exp((text - text.max()) / params.text_temperature)
+    if len(slot_weights):
+        parts_text = text_weight * np.exp((text - text.max()) / params.text_temperature)
+    else:  # no interest slot, no text affinity: without this the cold text boost alone would order the list
+        parts_text = np.zeros(len(items))
     score = parts_text + parts_cooc + parts_seq + parts_pop
     # Score descending, ties by item id: only the items scoring at least the k-th best need the full key.
     kth = score[np.argpartition(-score, min(k, len(items)) - 1)[min(k, len(items)) - 1]]

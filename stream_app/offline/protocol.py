@@ -182,9 +182,11 @@ def queries_for(data: Interactions, targets: Targets, split: str, mode: str) -> 
 
 def cold_event_queries(data: Interactions, threshold: int = COLD_THRESHOLD, min_history: int = 2) -> list[Query]:
     """Every cold-item event of the stream as a target (prequential): a query right before each event whose item
-    had fewer than `threshold` earlier events and whose user had at least `min_history` (the leave-one-out targets
-    have at least 2), in global order, with every event replayed; the leave-one-out validation and test targets
-    left out, so these targets are disjoint from the ones reported and tuned on."""
+    had fewer than `threshold` earlier events and whose user had at least `min_history` (the test targets have at
+    least 2), in global order, with every event replayed (as in streaming mode, where other users' held-out events
+    count before later queries too); the leave-one-out validation and test targets are left out as targets, so
+    these are disjoint from the targets `stream-app eval` reports. The cold-item boosts are chosen on them
+    (tuning's cold stage)."""
     targets = leave_one_out(data)
     held_out = set(targets.valid_pos.tolist()) | set(targets.test_pos.tolist())
     item_seen = np.zeros(data.n_items, np.int64)

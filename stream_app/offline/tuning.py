@@ -35,11 +35,13 @@ COLD_TARGET_RATIO = 2.0  # cold-item boosts: the default's HR@10 on cold-item ev
 def choose_cold(rows: list[tuple[float, float]], baseline_hr: float, ratio: float = COLD_TARGET_RATIO) -> int | None:
     """Index of the cold-item boost setting to keep: rows are (mean validation NDCG@10, HR@10 on the stream's
     cold-item events); among the rows whose cold-event HR@10 is at least `ratio` x the baseline's (item-knn on the
-    same events), the best validation NDCG@10, the first on ties; None when no row reaches it.
+    same events), the best validation NDCG@10, the first on ties; None when no row reaches it (a row with no
+    cold-event hit never does, even against a baseline with none). With None the current setting stays: on another
+    dataset, ML-100K's defaults then remain until a setting of the grid reaches the ratio there.
 
     The product's requirement on little-known items (the default at least 2x item-knn on cold-item targets) is the
     constraint, and the overall accuracy pays as little for it as the grid allows."""
-    ok = [k for k, (_, hr) in enumerate(rows) if hr >= ratio * baseline_hr]
+    ok = [k for k, (_, hr) in enumerate(rows) if hr > 0 and hr >= ratio * baseline_hr]
     return max(ok, key=lambda k: (rows[k][0], -k)) if ok else None
 
 

@@ -356,6 +356,7 @@ class Pipeline:
         chunks = [users[i:i + RECOMMEND_CHUNK] for i in range(0, len(users), RECOMMEND_CHUNK)]
         ranked: dict[str, list[Ranked]] = {}
         payloads: dict[str, dict] = {}
+        supports: dict[str, float] = {}  # collab.support of every ranked item, for "why"
         search = asyncio.ensure_future(self._text_hits(chunks[0], slots, excluded))
         try:
             for c, chunk in enumerate(chunks):
@@ -372,6 +373,7 @@ class Pipeline:
                 payloads.update((i, record.payload) for i, record in records.items())
                 vectors = VectorTable.of({i: record.vector for i, record in records.items()}, self.dim)
                 known = collab.support(self.collab, list(vectors), self.cparams)
+                supports.update(known)
                 for u in chunk:
                     ranked[u] = rank(pools[u], vectors, *slots[u], cooc[u], seq[u], self.collab.pop, known, rp, k)
         finally:
@@ -382,7 +384,9 @@ class Pipeline:
             weights = slots[u][1]
             items = []
             for r in ranked[u]:
-                why = {"text": r.text, "slot": r.slot, "cooc": r.cooc, "seq": r.seq, "pop": r.pop}
+                # support: the interactions the counters know for the item (a little-known one gets the cold boosts)
+                why = {"text": r.text, "slot": r.slot, "cooc": r.cooc, "seq": r.seq, "pop": r.pop,
+                       "support": supports.get(r.item_id, 0.0)}
                 why = {key: value if key == "slot" else float(f"{value:.4g}") for key, value in why.items()}
                 why.update(collab.explain_sources(self.collab, recent[u], r.item_id, self.cparams))
                 items.append({"item_id": r.item_id, "score": float(f"{r.score:.6g}"),

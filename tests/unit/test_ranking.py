@@ -129,6 +129,21 @@ def test_rank_without_slots_uses_counters_and_breaks_ties_by_id() -> None:
     assert [r.item_id for r in out] == ["c", "a", "b"] and all(r.slot == -1 for r in out)
 
 
+def test_without_slots_the_cold_text_boost_does_not_order_the_list() -> None:
+    """A user with no interest slot has no text affinity: the text part is 0, so the cold-item text boost cannot
+    put the least-supported items of a popular fallback first."""
+    p = RankParams(pool=10, text_weight=0.02, cooc_weight=1.0, seq_weight=0.5, pop_weight=0.0, cold_text_weight=0.2,
+                   cold_collab_weight=0.3, cold_support=5.0)
+    vectors = {i: np.ones(4, np.float32) / 2 for i in "abcde"}
+    support = {"a": 60.0, "b": 40.0, "c": 20.0, "d": 3.0, "e": 0.0}
+    out = rank(list("abcde"), vectors, np.zeros((0, 4)), np.zeros(0), {}, {}, {}, support, p, k=5)
+    assert [r.item_id for r in out] == list("abcde")  # every score 0: ties by id, not by coldness
+    assert all(r.text == 0.0 and r.score == 0.0 and r.slot == -1 for r in out)
+    # counters still rank (and the cold factor still lifts a little-supported item's counts)
+    out = rank(list("abcde"), vectors, np.zeros((0, 4)), np.zeros(0), {"a": 1.0, "e": 0.9}, {}, {}, support, p, k=2)
+    assert [r.item_id for r in out] == ["e", "a"] and out[0].cooc == pytest.approx(0.9 * 1.3)
+
+
 def test_text_affinity_matches_merge_slot_hits() -> None:
     rng = np.random.default_rng(1)
     items = rng.normal(size=(20, 8)).astype(np.float32)
