@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from dataclasses import replace
 
 import numpy as np
 
@@ -36,12 +35,10 @@ from stream_app.core.interest import InterestParams
 from stream_app.core.ranking import RankParams
 from stream_app.offline.cli import VERSUS, build_models, markdown_table, versus
 from stream_app.offline.datasets import Interactions, load_dataset
-from stream_app.offline.protocol import (COLD_THRESHOLD, Query, Result, cold_event_queries, event_types,
-                                         rank_metrics, ratio_interval)
-from stream_app.offline.replay import Replay, item_embeddings, replay
 from stream_app.offline.baselines import ItemKNN
-from stream_app.offline.tuning import (MODES, TUNE_GRID, blend_scores, choose_cold, record, record_queries,
-                                       score_metrics)
+from stream_app.offline.protocol import COLD_THRESHOLD, Query, Result, cold_event_queries, event_types, ratio_interval
+from stream_app.offline.replay import Replay, item_embeddings, replay
+from stream_app.offline.tuning import MODES, TUNE_GRID, choose_cold, record, record_cold_events, score_cold_grid
 from stream_app.settings import Settings
 
 
@@ -66,15 +63,10 @@ def trade_off(data: Interactions, emb: np.ndarray, settings: Settings, queries: 
     ip, cp, rp = (InterestParams.from_settings(settings), CollabParams.from_settings(settings),
                   RankParams.from_settings(settings))
     valid = {mode: record(data, emb, mode, ip, cp, rp) for mode in MODES}
-    events = record_queries(data, emb, queries, np.ones(len(data.items), bool), np.ones(len(queries), bool),
-                            ip, cp, rp, desc="cold events")
-    rows = []
+    events = record_cold_events(data, emb, queries, ip, cp, rp)
     grid = TUNE_GRID["cold"]
-    for w_collab, w_text, support in [(rp.cold_collab_weight, rp.cold_text_weight, rp.cold_support), *grid]:
-        rp_ = replace(rp, cold_collab_weight=w_collab, cold_text_weight=w_text, cold_support=support)
-        per = {mode: score_metrics(r, blend_scores(r, rp_)) for mode, r in valid.items()}
-        hits = rank_metrics(blend_scores(events, rp_), events.targets, events.excluded)["hr@10"]
-        rows.append(((w_collab, w_text, support), float(np.mean([m["ndcg@10"] for m in per.values()])), per, hits))
+    rows = [((p.cold_collab_weight, p.cold_text_weight, p.cold_support), ndcg, per, hits) for p, ndcg, per, hits in
+            score_cold_grid(valid, events, rp, [(rp.cold_collab_weight, rp.cold_text_weight, rp.cold_support), *grid])]
     current = rows[0]
 
     def dominates(o: tuple, r: tuple) -> bool:

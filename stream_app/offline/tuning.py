@@ -64,6 +64,7 @@ class Recorded:
     targets: np.ndarray
     excluded: np.ndarray
     cold: np.ndarray  # bool per query: a cold-item target (protocol.cold_mask)
+    slotted: np.ndarray | None = None  # bool per query: the user had an interest slot (None: every query did)
 
 
 class Recorder(Default):
@@ -91,7 +92,7 @@ class Recorder(Default):
         support = np.fromiter((known[i] for i in ctx.data.item_ids), np.float64, n)
         in_pool = np.zeros(n, bool)
         in_pool[[self.index[i] for i in pool]] = True
-        self.rows.append((text, *arrays, pop, support, in_pool))
+        self.rows.append((text, *arrays, pop, support, in_pool, len(weights) > 0))
         return np.zeros(n)
 
 
@@ -108,7 +109,7 @@ class TextRecorder(InterestReplay):
         vecs, weights = interest_vectors(self.states[user], now, self.params)
         text = text_affinity(ctx.emb, vecs, weights)[0] if len(weights) else np.zeros(ctx.emb.shape[0])
         zeros = np.zeros_like(text)
-        self.rows.append((text, zeros, zeros, zeros, zeros, np.ones(text.shape, bool)))
+        self.rows.append((text, zeros, zeros, zeros, zeros, np.ones(text.shape, bool), len(weights) > 0))
         return text
 
 
@@ -133,9 +134,9 @@ def record_queries(data: Interactions, emb: np.ndarray, queries: list[Query], ap
         excluded[next(order), ctx.history[query.user]] = True
 
     replay(ctx, [rec], queries, applied, on_query=mark, desc=desc, progress=False)
-    text, cooc, seq, pop, support, pool = (np.stack(x) for x in zip(*rec.rows))
+    text, cooc, seq, pop, support, pool, slotted = (np.stack(x) for x in zip(*rec.rows))
     return Recorded(text, cooc, seq, pop, support, pool, np.array([q.item for q in queries]), excluded,
-                    np.asarray(cold, bool))
+                    np.asarray(cold, bool), slotted)
 
 
 def blend_scores(rec: Recorded, rp: RankParams) -> np.ndarray:
@@ -151,6 +152,8 @@ def blend_scores(rec: Recorded, rp: RankParams) -> np.ndarray:
     top = np.where(rec.pool, rec.text, -np.inf).max(axis=1, keepdims=True)
     top = np.where(np.isfinite(top), top, 0.0)
     weight = rp.text_weight + rp.cold_text_weight * cold
+    if rec.slotted is not None:  # as rank(): no interest slot, no text part
+        weight = np.where(rec.slotted[:, None], weight, 0.0)
     score = score + weight * np.exp(np.minimum((rec.text - top) / rp.text_temperature, 50.0))
     return np.where(rec.pool, score, -np.inf)
 
@@ -168,6 +171,26 @@ def score_metrics(rec: Recorded, score: np.ndarray) -> dict[str, float]:
 def blend_metrics(rec: Recorded, rp: RankParams) -> dict[str, float]:
     """Mean validation metrics of ranking.rank's blend with rp's weights on recorded inputs."""
     return score_metrics(rec, blend_scores(rec, rp))
+
+
+def record_cold_events(data: Interactions, emb: np.ndarray, queries: list[Query], ip: InterestParams,
+                       cp: CollabParams, rp: RankParams) -> Recorded:
+    """The default's ranking inputs at protocol.cold_event_queries' queries (every event replayed; all cold)."""
+    return record_queries(data, emb, queries, np.ones(len(data.items), bool), np.ones(len(queries), bool), ip, cp,
+                          rp, desc="cold events")
+
+
+def score_cold_grid(recs: dict[str, Recorded], events: Recorded, rp: RankParams,
+                    grid: list[tuple[float, float, float]]) -> list[tuple[RankParams, float, dict, np.ndarray]]:
+    """Each (cold_collab_weight, cold_text_weight, cold_support) of grid on rp: (its params, the mean validation
+    NDCG@10 over recs' modes, each mode's validation metrics, HR@10 per cold-item event)."""
+    rows = []
+    for w_collab, w_text, support in grid:
+        rp_ = replace(rp, cold_collab_weight=w_collab, cold_text_weight=w_text, cold_support=support)
+        per = {mode: blend_metrics(r, rp_) for mode, r in recs.items()}
+        hits = rank_metrics(blend_scores(events, rp_), events.targets, events.excluded)["hr@10"]
+        rows.append((rp_, float(np.mean([v["ndcg@10"] for v in per.values()])), per, hits))
+    return rows
 
 
 def tune(data: Interactions, emb: np.ndarray, settings: Settings, stages: str = "all", out=sys.stdout) -> None:
@@ -251,14 +274,13 @@ def tune(data: Interactions, emb: np.ndarray, settings: Settings, stages: str = 
         the stream (protocol.cold_event_queries: thousands of targets, disjoint from the validation and test
         targets, where the 10 and 61 cold validation targets are too few to tell). Chosen: choose_cold's rule."""
         nonlocal rp
-        recs = {mode: record(data, emb, mode, ip, cp, rp) for mode in MODES}
         queries = cold_event_queries(data)
         if not queries:
             print("\n### cold-item boosts\n\nno cold-item events: the current setting stays", file=out, flush=True)
             return
+        recs = {mode: record(data, emb, mode, ip, cp, rp) for mode in MODES}
+        events = record_cold_events(data, emb, queries, ip, cp, rp)
         every = np.ones(len(data.items), bool)
-        events = record_queries(data, emb, queries, every, np.ones(len(queries), bool), ip, cp, rp,
-                                desc="tune cold events")
         knn = ItemKNN(data.n_items, data.n_users)
         knn_hr = float(np.mean(replay(Replay(data, emb, event_types(data)), [knn], queries, every,
                                       desc="tune cold events item-knn", progress=False).metrics[knn.name]["hr@10"]))
@@ -270,16 +292,13 @@ def tune(data: Interactions, emb: np.ndarray, settings: Settings, stages: str = 
               "stream cold hits | mean NDCG@10 | cold-event HR@10 | ÷ item-knn |\n|---|---|---|---|---|---|---|---|---|---|",
               file=out)
         rows = []
-        for w_collab, w_text, support in grid:
-            rp_ = replace(rp, cold_collab_weight=w_collab, cold_text_weight=w_text, cold_support=support)
-            per = {mode: blend_metrics(r, rp_) for mode, r in recs.items()}
-            ndcg = float(np.mean([v["ndcg@10"] for v in per.values()]))
-            hr = score_metrics(events, blend_scores(events, rp_))["hr@10"]
+        for rp_, ndcg, per, event_hits in score_cold_grid(recs, events, rp, grid):
+            hr = float(event_hits.mean())
             d = {mode: (per[mode]["hits"] - base[mode]["hits"], per[mode]["cold hits"] - base[mode]["cold hits"])
                  for mode in MODES}
-            print(f"| {w_collab} | {w_text} | {support} | {d['standard'][0]:+.0f} | {d['standard'][1]:+.0f} | "
-                  f"{d['streaming'][0]:+.0f} | {d['streaming'][1]:+.0f} | {ndcg:.4f} | {hr:.4f} | "
-                  f"{hr / knn_hr if knn_hr else float('inf'):.2f} |", file=out, flush=True)
+            print(f"| {rp_.cold_collab_weight} | {rp_.cold_text_weight} | {rp_.cold_support} | {d['standard'][0]:+.0f} | "
+                  f"{d['standard'][1]:+.0f} | {d['streaming'][0]:+.0f} | {d['streaming'][1]:+.0f} | {ndcg:.4f} | "
+                  f"{hr:.4f} | {hr / knn_hr if knn_hr else float('inf'):.2f} |", file=out, flush=True)
             rows.append((ndcg, hr, rp_))
         chosen = choose_cold([(n, h) for n, h, _ in rows], knn_hr)
         if chosen is not None:

@@ -240,3 +240,25 @@ def test_tuning_blend_metrics_score_like_rank_with_cold_boosts() -> None:
     assert m["hits"] == pytest.approx(hits)
     expected_ndcg = np.mean([1 / np.log2(position[i] + 2) if position[i] < 10 else 0.0 for i in ids])
     assert m["ndcg@10"] == pytest.approx(expected_ndcg)
+
+
+def test_tuning_blend_has_no_text_part_without_slots_like_rank() -> None:
+    """A query whose user had no interest slot (Recorded.slotted False) gets no text part in the tuner's blend, as
+    in rank(): with the cold text boost on, the least-supported items would otherwise come first."""
+    from stream_app.offline.tuning import Recorded, blend_scores
+
+    n = 6
+    support = np.array([60.0, 40.0, 20.0, 3.0, 0.0, 10.0])
+    cooc = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    p = RankParams(pool=n, text_weight=0.02, cooc_weight=1.0, seq_weight=0.5, pop_weight=0.0, cold_text_weight=0.2,
+                   cold_collab_weight=0.3, cold_support=5.0)
+    rec = Recorded(np.zeros((2, n)), np.tile(cooc, (2, 1)), np.zeros((2, n)), np.zeros((2, n)), np.tile(support, (2, 1)),
+                   np.ones((2, n), bool), np.zeros(2, int), np.zeros((2, n), bool), np.zeros(2, bool),
+                   np.array([False, True]))
+    scores = blend_scores(rec, p)
+    ids = [f"i{j}" for j in range(n)]
+    ranked = rank(ids, {i: np.ones(4, np.float32) / 2 for i in ids}, np.zeros((0, 4)), np.zeros(0),
+                  dict(zip(ids, cooc)), {}, {}, dict(zip(ids, support)), p, k=n)
+    assert [r.score for r in ranked] == pytest.approx(sorted(scores[0], reverse=True))
+    assert scores[0].tolist() == pytest.approx(cooc * (1 + 0.3 * np.exp(-support / 5.0)))
+    assert scores[1, 4] > scores[1, 0]  # with a slot (all text equal) the cold text boost does lift item 4
