@@ -25,7 +25,8 @@ Protocol
   user's items, cosine-normalised, learned from the replayed stream), text-mean (mean embedding of the last 10
   items), seed-attention (stream_app.core.interest with one slot, no decay, equal event weights, ranked through
   stream_app.core.ranking.merge_slot_hits) and the product default `blend` (stream_app.core.interest with the settings'
-  parameters, re-ranked with stream_app.core.collab's co-occurrence and popularity counters and blend).
+  parameters, ranked by stream_app.core.ranking.rank over stream_app.core.collab's co-occurrence, directed-sequence
+  and popularity counters: the function the stream calls).
 - Candidate search is exact numpy scoring over all item embeddings, standing in for Qdrant.
 - Tuning (`--tune`) searches the default's parameters on validation targets only; the reported run uses the
   values in Settings.

@@ -11,7 +11,7 @@ i.e. the dynamic-attention softmax of the seed with the slot's interest as the q
 log w(type_j) and the age decay (which the state no longer holds per event). An item's slot is the slot with the
 highest cosine, as `interest.choose_slot` would join it.
 
-Score parts of a recommended item j (the blend in stream_app.core.collab): text affinity per slot w_k <e_j, u_k>
+Score parts of a recommended item j (the blend of stream_app.core.ranking.rank): text affinity per slot w_k <e_j, u_k>
 (the blend uses the max over slots), co-occurrence contributions per recent item h at recency rank r,
 recency^r * c(h, j) / (sqrt(n(h)) * n(j)^beta) (they sum to collab.cooc_scores' value), and popularity n(j).
 """
@@ -84,16 +84,23 @@ def score_parts(item_vector: np.ndarray | None, slot_vectors: np.ndarray, slot_w
     return parts
 
 
-def because(parts: Mapping[str, Any], titles: Mapping[str, str]) -> str:
-    """One human line: the recent item behind the strongest signal ("because you viewed X")."""
+def because(parts: Mapping[str, Any], titles: Mapping[str, str], support: float | None = None,
+            cold_support: float | None = None) -> str:
+    """One human line: the recent item behind the strongest signal ("because you viewed X"); an item the counters
+    know little about (support below `cold_support`, where rank's cold-item boosts lift it) says so too."""
     def name(item_id: str) -> str:
         return titles.get(item_id) or item_id
 
     if parts.get("cooc_from"):
-        return f"people who interacted with “{name(parts['cooc_from'][0]['item_id'])}” also chose it"
-    similar = parts.get("most_similar_recent")
-    if similar:
-        return f"it is like “{name(similar['item_id'])}” (cosine {similar['cosine']:.2f})"
-    if parts.get("popularity"):
-        return "popular right now"
-    return "closest to your interest"
+        reason = f"people who interacted with “{name(parts['cooc_from'][0]['item_id'])}” also chose it"
+    elif similar := parts.get("most_similar_recent"):
+        reason = f"it is like “{name(similar['item_id'])}” (cosine {similar['cosine']:.2f})"
+    elif parts.get("popularity"):
+        reason = "popular right now"
+    else:
+        reason = "closest to your interest"
+    if support is not None and cold_support is not None and support < cold_support:
+        seen = "no interactions yet" if support < 0.5 else \
+            f"about {support:.0f} interaction{'s' * (support >= 1.5)} so far"
+        reason = f"{reason}; little known: {seen}"
+    return reason

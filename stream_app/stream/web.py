@@ -118,7 +118,8 @@ async def explain_user(pipeline: Pipeline, raw_state: bytes | None, user_id: str
                 c["title"] = titles.get(c["item_id"], "")
             if parts["most_similar_recent"]:
                 parts["most_similar_recent"]["title"] = titles.get(parts["most_similar_recent"]["item_id"], "")
-            why.append({**item, "parts": parts, "because": because(parts, titles)})
+            reason = because(parts, titles, item.get("why", {}).get("support"), pipeline.rparams.cold_support)
+            why.append({**item, "parts": parts, "because": reason})
         out["why"] = why
     return out
 
@@ -177,9 +178,10 @@ def render_user_page(data: dict[str, Any]) -> str:
                          f"{e(item['item_id'])}</span></td><td class='num'>{item['score']:.4g}</td><td>{text}</td>"
                          f"<td>{cooc}</td><td class='num'>{p['popularity']:g}</td>"
                          f"<td>because {e(item['because'])}</td></tr>")
-        parts.append("</table><p class='note'>Score = the blend of stream_app.core.collab (text affinity = max over "
-                     "slots of weight × cosine; co-occurrence summed over the recent items, ItemKNN-style; "
-                     "popularity = decayed count), with the counters as they are now.</p></section>")
+        parts.append("</table><p class='note'>Score = the blend of stream_app.core.ranking.rank when the list was "
+                     "sent (text affinity = max over slots of weight × cosine; co-occurrence summed over the recent "
+                     "items, ItemKNN-style; directed sequence; popularity = decayed count; little-known items "
+                     "boosted); the parts shown are recomputed with the counters as they are now.</p></section>")
     parts.append(f"<p class='note'><a href='?format=json'>as JSON</a></p>")
     return page(f"user {data['user_id']}", "".join(parts))
 

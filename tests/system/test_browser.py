@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from stream_app.sample_data import load_catalogue
+from stream_app.settings import Settings
 from stream_app.stream.process import private_env, start_worker
 
 pytestmark = pytest.mark.kafka
@@ -136,6 +137,9 @@ def test_dashboard_moves_and_the_user_page_explains(worker):
             assert f"{a:.2f}" in page  # and their attention weight in each slot
         assert abs(sum(x["attention"][0] for x in data["behaviours"] if x["attention"]) - 1.0) < 1e-3
     assert all(w["because"] and w["title"] for w in data["why"])
+    cold_support = Settings.model_fields["blend_cold_support"].default  # the worker runs with the default
+    for w in data["why"]:  # an item the counters know little about says so, a known one does not
+        assert ("little known" in w["because"]) == (w["why"]["support"] < cold_support), w
     assert "Recent behaviour and its attention weight" in page
 
     shown = cli(env, "tail", "recommendations", "--user", user, "--from-beginning", "-n", "1", "--idle", "20").stdout

@@ -163,3 +163,9 @@ def test_score_parts_and_because():
     assert because(parts, {"r2": "华为 耳机"}) == "people who interacted with “华为 耳机” also chose it"
     parts["cooc_from"] = []
     assert because(parts, {}) == "it is like “r1” (cosine 0.80)"
+    # an item the counters barely know (below the cold-item support) says so; a known one does not
+    assert (because(parts, {}, support=1.2, cold_support=5)
+            == "it is like “r1” (cosine 0.80); little known: about 1 interaction so far")
+    assert because(parts, {}, support=0.0, cold_support=5).endswith("; little known: no interactions yet")
+    assert because(parts, {}, support=3.0, cold_support=5).endswith("; little known: about 3 interactions so far")
+    assert because(parts, {}, support=5.0, cold_support=5) == "it is like “r1” (cosine 0.80)"
