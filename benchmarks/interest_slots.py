@@ -23,7 +23,7 @@ from dataclasses import replace
 import numpy as np
 
 from stream_app.adapters.encoder import load_encoder
-from stream_app.core.events import parse_item
+from stream_app.core.events import ItemEvent, parse_item
 from stream_app.core.interest import InterestParams, apply_event, interest_vectors, new_state
 from stream_app.core.ranking import text_affinity
 from stream_app.offline.datasets import load_dataset
@@ -31,7 +31,9 @@ from stream_app.offline.replay import item_embeddings
 from stream_app.sample_data import load_catalogue, load_demo_behaviour
 from stream_app.settings import Settings
 
+
 def unit(v: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (the exported encoders already normalise; a custom model folder may not)."""
     v = np.asarray(v, np.float64)
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
@@ -45,13 +47,14 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 def pair_cosines(vectors: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Cosines of every unordered pair, and whether the pair shares a label (all False without labels)."""
-    cos = unit(vectors) @ unit(vectors).T
+    rows = unit(vectors)
+    cos = rows @ rows.T
     upper = np.triu_indices(len(vectors), 1)
     same = (labels[:, None] == labels[None, :])[upper] if labels is not None else np.zeros(len(upper[0]), bool)
     return cos[upper], same
 
 
-def two_interests(items: list, vectors: dict[str, np.ndarray], settings: Settings, thresholds: list[float],
+def two_interests(items: list[ItemEvent], vectors: dict[str, np.ndarray], settings: Settings, thresholds: list[float],
                   categories: tuple[str, str]) -> None:
     """A user who views the first 3 items of two categories, alternating: slots, their weights, and the categories
     of the top 10 other items by the ranking's text affinity (max over slots of weight x cosine)."""

@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     temperature: float = Field(0.1, gt=0, description="Softmax temperature tau of the attention scores.")
     decay_per_hour: float = Field(0.01, ge=0, description="lambda: log-weight lost per hour of age.")
     max_slots: int = Field(3, ge=1, description="Interest vectors per user.")
-    slot_threshold: float = Field(0.35, description="Cosine below which an event opens a new interest slot. On MiniLM's cosine scale; multilingual-e5-small puts unrelated texts above 0.68, so with it no second slot opens (README, Limits known today; benchmarks/interest_slots.py).")
+    slot_threshold: float = Field(0.35, description="Cosine below which an event opens a new interest slot. On MiniLM's cosine scale; multilingual-e5-small puts every pair of the sample catalogue above 0.68, so with it no second slot opens there (README, Limits known today; benchmarks/interest_slots.py).")
     weight_view: float = 1.0
     weight_click: float = 1.5
     weight_search: float = 1.5

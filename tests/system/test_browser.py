@@ -137,7 +137,7 @@ def test_dashboard_moves_and_the_user_page_explains(worker):
             assert f"{a:.2f}" in page  # and their attention weight in each slot
         assert abs(sum(x["attention"][0] for x in data["behaviours"] if x["attention"]) - 1.0) < 1e-3
     assert all(w["because"] and w["title"] for w in data["why"])
-    cold_support = Settings.model_fields["blend_cold_support"].default  # the worker runs with the default
+    cold_support = Settings().blend_cold_support  # the worker's environment is this one's plus private topics
     for w in data["why"]:  # an item the counters know little about says so, a known one does not
         assert ("little known" in w["because"]) == (w["why"]["support"] < cold_support), w
     assert "Recent behaviour and its attention weight" in page
