@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     web_debug_views: bool = Field(False, description="Serve Faust's /table/ and /router/ views (they show raw table data).")
     web_port: int = 6066
     web_host: str = "127.0.0.1"
-    batch_size: int = Field(256, ge=1, description="Most events taken per batch by the agents (stream.take); under load batches fill up, at low rates batch_timeout_s closes them.")
+    batch_size: int = Field(256, ge=1, description="Most events taken per batch by the agents (stream.take_events); under load batches fill up, at low rates batch_timeout_s closes them.")
     batch_timeout_s: float = Field(0.02, gt=0, description="Longest wait to fill a batch before processing it.")
     items_batch_timeout_s: float = Field(0.25, gt=0, description="The same for catalogue batches: Faust's take() stops buffering while a batch is processed, so a longer wait lets ingestion batches fill (the encoder's best batch) at the cost of an item update's latency.")
 
@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = None
     qdrant_collection: str = "items"
     item_cache_size: int = Field(20_000, ge=0, description="Item vectors kept in memory to avoid a store round trip.")
-    store_timeout_s: float = Field(30.0, gt=0, description="Deadline of every vector-store call (an index build gets its own); a stuck embedded store is restarted.")
+    store_timeout_s: float = Field(30.0, gt=0, description="Deadline of every vector-store call (an index build gets its own); a stuck embedded store is restarted, and a call still going after it makes /health answer 503.")
 
     # --- Encoder -----------------------------------------------------------------------------
     model_name: str = Field("multilingual-e5-small", description="Model folder name: multilingual-e5-small or all-MiniLM-L6-v2.")
@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     weight_cart: float = 3.0
     weight_purchase: float = 5.0
     weight_dislike: float = 2.0
-    recent_items: int = Field(100, ge=1, description="Recent item ids kept per user (filtering and explanations).")
+    recent_items: int = Field(100, ge=1, description="Recent item ids kept per user: the items the co-occurrence and sequence scores start from, and the explanations (exclusions are a separate set of every excluded item).")
 
     # --- Recommendation ------------------------------------------------------------------------
     top_k: int = Field(10, ge=1)

@@ -295,7 +295,8 @@ def slot_log_masses(state: UserState, now: float, params: InterestParams) -> np.
 
 
 def consumed_items(state: UserState) -> list[str]:
-    """Recent item ids the user interacted with (including dislikes), newest last; for filtering."""
+    """Recent item ids the user interacted with (including dislikes), newest last: what the counters score from and
+    the explanations show (exclusion uses `exclusions`, which holds every excluded item)."""
     return list(state.recent)
 
 

@@ -4,9 +4,9 @@ co-occurrence counter pairs a new item with; folded from the whole behaviour str
 Pure (no Kafka, no I/O besides the snapshot file). stream_app.stream.replica feeds it from a consumer of every partition of
 `behaviour`, so each worker's counters are built from all users' events, not only those of its own partitions.
 
-Counting rule (the same as the offline evaluator's Blend.observe): an event with an item id that is not a dislike adds
-to the counters with the user's earlier items (newest last, deduplicated, dislikes included) as `previous`; then the
-item becomes the user's newest recent item. Events without an item id (searches) do not count. An event id the user
+Counting rule (the same as the offline evaluator's replay.Default.observe): an event with an item id that is not a
+dislike adds to the counters with the user's earlier items (newest last, deduplicated, dislikes included) as
+`previous`; then the item becomes the user's newest recent item. Events without an item id (searches) do not count. An event id the user
 sent among their last SEEN_EVENTS events is a redelivery and is skipped (the user-state table dedupes the same way).
 A `forget` event drops the user's window and remembered ids; the aggregate counts stay (they hold no user id).
 """

@@ -28,6 +28,6 @@ Protocol
   parameters, ranked by stream_app.core.ranking.rank over stream_app.core.collab's co-occurrence, directed-sequence
   and popularity counters: the function the stream calls).
 - Candidate search is exact numpy scoring over all item embeddings, standing in for Qdrant.
-- Tuning (`--tune`) searches the default's parameters on validation targets only; the reported run uses the
-  values in Settings.
+- Tuning (`--tune`) searches the default's parameters on validation targets (the cold-item boosts also on the
+  stream's other cold-item events), never on test targets; the reported run uses the values in Settings.
 """

@@ -35,7 +35,7 @@ class MostPopular(Model):
 class ItemKNN(Model):
     """Standard ItemKNN: cosine similarity of items' binary user vectors (which users interacted with each item,
     from the replayed interactions), a user scored from their last `last` distinct items: sum_h sim(h, j).
-    `last` is tuned on validation targets (tuning.tune_baselines); ITEMKNN_LAST holds the chosen value."""
+    `last` is tuned on validation targets (`stream-app eval --tune item-knn`); ITEMKNN_LAST holds the chosen value."""
 
     name = "item-knn"
 

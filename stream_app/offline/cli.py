@@ -1,5 +1,6 @@
 """`stream-app eval`: build the models, replay a dataset in each mode, print tables (all targets and cold-item
-targets), write JSON; `--tune` searches parameters on validation targets only."""
+targets), write JSON; `--tune` searches parameters on validation targets (the cold-item boosts also on the stream's other
+cold-item events), never on test targets."""
 
 from __future__ import annotations
 

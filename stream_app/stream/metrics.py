@@ -182,7 +182,7 @@ class Metrics:
         self.ready = False
         self.crash_window_s = crash_window_s
         self.store_stuck_s = store_stuck_s
-        self._store_calls: dict[int, tuple[str, float]] = {}
+        self._calls: dict[int, tuple[str, float, float]] = {}  # id -> (what, started, stuck after s)
         self._call_ids = 0
         # State gauges, refreshed by the sampler (they describe the stores, so they survive restarts).
         self.catalogue_size: int | None = None
@@ -245,21 +245,22 @@ class Metrics:
     @contextmanager
     def store_call(self, what: str) -> Iterator[None]:
         """Track a vector-store call in flight (a call older than store_stuck_s makes the worker unhealthy)."""
-        call_id = self.call_started("vector store", what)
+        call_id = self.call_started("vector store", what, self.store_stuck_s)
         try:
             yield
         finally:
             self.call_ended(call_id)
 
-    def call_started(self, component: str, what: str) -> int:
-        """Note a call to `component` in flight (any thread may call this); returns the id call_ended() takes."""
+    def call_started(self, component: str, what: str, stuck_after_s: float) -> int:
+        """Note a call to `component` in flight (any thread may call this); while it runs longer than
+        `stuck_after_s` (its caller's deadline) the worker is unhealthy. Returns the id call_ended() takes."""
         self._call_ids += 1
         call_id = self._call_ids
-        self._store_calls[call_id] = (f"{component} stuck: {what}", time.monotonic())
+        self._calls[call_id] = (f"{component} stuck: {what}", time.monotonic(), stuck_after_s)
         return call_id
 
     def call_ended(self, call_id: int) -> None:
-        self._store_calls.pop(call_id, None)
+        self._calls.pop(call_id, None)
 
     # ---- reading --------------------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -281,8 +282,8 @@ class Metrics:
                 problems.append(f"agent {name} is crash-looping ({len(recent)} crashes in {self.crash_window_s:.0f}s;"
                                 f" last: {h.last_error})")
         mono = time.monotonic()
-        for what, t0 in list(self._store_calls.values()):
-            if mono - t0 > self.store_stuck_s:
+        for what, t0, stuck_after_s in list(self._calls.values()):
+            if mono - t0 > stuck_after_s:
                 problems.append(f"{what} running for {mono - t0:.0f}s")
                 break
         return {"ok": not problems, "problems": problems, "agents": agents}

@@ -127,7 +127,7 @@ class Pipeline:
         self.rparams = RankParams.from_settings(settings)
         # Co-occurrence, sequence and popularity of the whole stream, fed (and replaced on start) by stream_app.stream.replica.
         self.collab = CollabState()
-        self.metrics = Metrics(top_k=settings.top_k)
+        self.metrics = Metrics(top_k=settings.top_k, store_stuck_s=settings.store_timeout_s)
         self.last_recommendations: OrderedDict[str, Recommendation] = OrderedDict()
         # One thread for the encoder: onnxruntime parallelises inside a run and releases the GIL.
         self._encoder_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
@@ -188,7 +188,7 @@ class Pipeline:
         def run() -> list[np.ndarray]:
             # Tracked in the thread itself: a run that never returns keeps the worker unhealthy (/health) even
             # after the caller below gave up waiting for it.
-            call_id = self.metrics.call_started("encoder", f"{n} texts")
+            call_id = self.metrics.call_started("encoder", f"{n} texts", self.settings.encoder_timeout_s)
             try:
                 return [encoder.encode(list(texts), kind=kind) if len(texts)
                         else np.zeros((0, encoder.dim), np.float32) for texts, kind in groups]

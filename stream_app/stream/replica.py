@@ -7,13 +7,13 @@ assigned, positions kept in its data dir so a restart resumes where it stopped):
 * Catalogue. The `index_items` agent (one writer per item: the owner of its `items` partition) validates, skips
   unchanged re-sends and encodes each item once. With a Qdrant server it upserts there (all workers share it).
   With the embedded store it publishes the encoded record to the compacted `item-vectors` topic (key item_id;
-  value JSON with the vector as base64 float32; a deletion is a tombstone), and every worker's CatalogueReplica
-  applies that topic to its own store. Compaction keeps the latest record per item, so a new worker reads about
-  one record per live item, not the catalogue's whole history, and never encodes.
-* Signal. SignalFeed reads every partition of `behaviour` and folds the events into the collaborative counters
-  (stream_app.core.signal_state) of this worker, so they are built from the whole stream; it snapshots counters,
-  per-user windows and positions to the data dir every `signal_snapshot_interval_s`, and a restart replays only
-  the tail after the snapshot.
+  value JSON with the vector as base64 float32; a deletion is a tombstone), and every worker's catalogue reader
+  (Replicas.catalogue, a TopicReader) applies that topic to its own store. Compaction keeps the latest record per
+  item, so a new worker reads about one record per live item, not the catalogue's whole history, and never encodes.
+* Signal. The signal reader (Replicas.signal_reader) reads every partition of `behaviour` and folds the events
+  into the collaborative counters (stream_app.core.signal_state) of this worker, so they are built from the whole
+  stream; it snapshots counters, per-user windows and positions to the data dir every
+  `signal_snapshot_interval_s`, and a restart replays only the tail after the snapshot.
 
 The behaviour agent waits for `Replicas.ready` (both readers have reached the end offsets the topics had when the
 worker started) before it serves, so a new or restarted worker never recommends from a partial catalogue.
@@ -79,8 +79,8 @@ async def publish_items(pipeline: Pipeline, items: Sequence[tuple[ItemEvent, str
     """Index changed items once, for every worker: (item, fingerprint or None for a deletion), in stream order.
 
     With a Qdrant server (send is None) the store is shared: upsert/delete there directly. Otherwise encode the
-    upserts in one batch and publish records and tombstones to `item-vectors`; every worker's CatalogueReplica
-    (this one's included) applies them to its own embedded store.
+    upserts in one batch and publish records and tombstones to `item-vectors`; every worker's catalogue reader
+    (Replicas.catalogue; this one's included) applies them to its own embedded store.
     """
     if send is None:
         await pipeline.index_items([item for item, _ in items])

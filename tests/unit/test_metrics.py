@@ -105,9 +105,9 @@ def test_a_store_call_running_too_long_is_unhealthy():
 
 
 def test_an_encoder_call_running_too_long_is_unhealthy_and_counted_once_done():
-    m = Metrics(store_stuck_s=0.0)
+    m = Metrics()
     m.ready = True
-    call = m.call_started("encoder", "8 texts")
+    call = m.call_started("encoder", "8 texts", stuck_after_s=0.0)
     time.sleep(0.01)
     assert any("encoder stuck: 8 texts" in p for p in m.health()["problems"])
     m.call_ended(call)
@@ -169,3 +169,18 @@ def test_score_parts_and_because():
     assert because(parts, {}, support=0.0, cold_support=5).endswith("; little known: no interactions yet")
     assert because(parts, {}, support=3.0, cold_support=5).endswith("; little known: about 3 interactions so far")
     assert because(parts, {}, support=5.0, cold_support=5) == "it is like “r1” (cosine 0.80)"
+
+
+def test_each_call_is_stuck_only_past_its_own_deadline():
+    """An encoder run is judged by the encoder's deadline (STREAM_APP_ENCODER_TIMEOUT_S), not the store's: a
+    long but live batch of texts keeps the worker healthy while a store call of the same age does not."""
+    m = Metrics(store_stuck_s=0.0)
+    m.ready = True
+    call = m.call_started("encoder", "64 texts", stuck_after_s=60.0)
+    time.sleep(0.01)
+    assert m.health()["ok"]
+    with m.store_call("search"):
+        time.sleep(0.01)
+        problems = m.health()["problems"]
+        assert len(problems) == 1 and "vector store stuck: search" in problems[0]
+    m.call_ended(call)
