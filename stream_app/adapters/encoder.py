@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from stream_app.settings import Settings
+from stream_app.settings import Settings, setting_default
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,8 @@ class TextEncoder:
     """
 
     def __init__(
-        self, model_dir: Path, *, int8: bool = False, provider: str = "auto", threads: int = 0, batch_size: int = 64,
-        spin: bool = False,
+        self, model_dir: Path, *, int8: bool = False, provider: str = "auto", threads: int = 0,
+        batch_size: int = setting_default("encoder_batch_size"), spin: bool = False,
     ) -> None:
         model_dir = Path(model_dir)
         self.manifest = Manifest.load(model_dir)

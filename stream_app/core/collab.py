@@ -24,18 +24,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from stream_app.core.defaults import setting_default as _default
+
 if TYPE_CHECKING:
     from stream_app.settings import Settings
 
 SECONDS_PER_HOUR = 3600.0
 _LOG_RESCALE_AT = 200.0  # log growth factor above which stored values are rescaled to the current time
 
-
-def _default(name: str):
-    """The default of a Settings field (imported lazily: this module stays importable on its own)."""
-    from stream_app.settings import setting_default  # noqa: PLC0415
-
-    return setting_default(name)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stream_app.core.defaults import setting_default as _default
+
 if TYPE_CHECKING:
     from stream_app.settings import Settings
 
@@ -49,23 +51,32 @@ POSITIVE_TYPES: tuple[str, ...] = ("view", "click", "search", "review", "cart", 
 DISLIKE = "dislike"
 EVENT_TYPES: frozenset[str] = frozenset(POSITIVE_TYPES + (DISLIKE,))
 SECONDS_PER_HOUR = 3600.0
-DEFAULT_TYPE_WEIGHTS: Mapping[str, float] = MappingProxyType(
-    {"view": 1.0, "click": 1.5, "search": 1.5, "review": 2.0, "cart": 3.0, "purchase": 5.0}
-)
+
+
+def default_type_weights() -> Mapping[str, float]:
+    """The event type weights of Settings' weight_* defaults (view 1 ... purchase 5)."""
+    return MappingProxyType({name: float(_default(f"weight_{name}")) for name in POSITIVE_TYPES})
+
+
+def parse_exclude_types(value: str) -> frozenset[str]:
+    """A comma-separated list of event types (Settings.exclude_types) as a set."""
+    return frozenset(t.strip() for t in value.split(",") if t.strip())
 
 
 @dataclass(frozen=True)
 class InterestParams:
-    """Knobs of the interest model; timestamps are epoch seconds, decay is per hour of age."""
+    """Knobs of the interest model; timestamps are epoch seconds, decay is per hour of age (defaults: Settings'
+    fields of the same names, weight_* for the event types)."""
 
-    temperature: float = 0.1
-    decay_per_hour: float = 0.01
-    max_slots: int = 3
-    slot_threshold: float = 0.35
-    type_weights: Mapping[str, float] = field(default_factory=lambda: DEFAULT_TYPE_WEIGHTS)
-    dislike_weight: float = 2.0
-    recent_items: int = 100
-    exclude_types: frozenset[str] = EVENT_TYPES  # event types whose item joins the user's exclusion set
+    temperature: float = field(default_factory=lambda: _default("temperature"))
+    decay_per_hour: float = field(default_factory=lambda: _default("decay_per_hour"))
+    max_slots: int = field(default_factory=lambda: _default("max_slots"))
+    slot_threshold: float = field(default_factory=lambda: _default("slot_threshold"))
+    type_weights: Mapping[str, float] = field(default_factory=default_type_weights)
+    dislike_weight: float = field(default_factory=lambda: _default("weight_dislike"))
+    recent_items: int = field(default_factory=lambda: _default("recent_items"))
+    # event types whose item joins the user's exclusion set (purchase and dislike always do)
+    exclude_types: frozenset[str] = field(default_factory=lambda: parse_exclude_types(_default("exclude_types")))
 
     def __post_init__(self) -> None:
         """Reject values that would make the attention meaningless or non-finite; freeze the weight map."""
@@ -102,7 +113,7 @@ class InterestParams:
             type_weights={name: getattr(settings, f"weight_{name}") for name in POSITIVE_TYPES},
             dislike_weight=settings.weight_dislike,
             recent_items=settings.recent_items,
-            exclude_types=frozenset(t.strip() for t in settings.exclude_types.split(",") if t.strip()),
+            exclude_types=parse_exclude_types(settings.exclude_types),
         )
 
     def log_weight(self, event_type: str) -> float:

@@ -38,15 +38,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stream_app.core.defaults import setting_default as _default
+
 if TYPE_CHECKING:
     from stream_app.settings import Settings
 
-
-def _default(name: str):
-    """The default of a Settings field (imported lazily: this module stays importable on its own)."""
-    from stream_app.settings import setting_default  # noqa: PLC0415
-
-    return setting_default(name)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 
 from stream_app.core import collab
 from stream_app.core.collab import CollabParams
-from stream_app.core.interest import POSITIVE_TYPES, InterestParams, interest_vectors
+from stream_app.core.interest import POSITIVE_TYPES, InterestParams, default_type_weights, interest_vectors
 from stream_app.offline.baselines import ItemKNN
 from stream_app.offline.datasets import Interactions
 from stream_app.offline.protocol import (METRICS, Query, cold_event_queries, cold_mask, event_types, leave_one_out,
@@ -371,7 +371,7 @@ TUNE_GRID: dict[str, list] = {
                  for k, th in ((1, 0.35), (3, 0.85), (3, 0.9))],
     "weights": [
         {t: 1.0 for t in POSITIVE_TYPES},
-        {"view": 1.0, "click": 1.5, "search": 1.5, "review": 2.0, "cart": 3.0, "purchase": 5.0},
+        dict(default_type_weights()),  # the product's (Settings' weight_*)
         {"view": 1.0, "click": 1.2, "search": 1.5, "review": 2.0, "cart": 1.5, "purchase": 2.0},
     ],
     "cooc": [(10, 10, 0.8), (20, 10, 0.7), (20, 20, 0.9), (50, 20, 0.9), (50, 50, 0.95)],

@@ -14,8 +14,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from stream_app.settings import setting_default
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -34,10 +36,11 @@ def transient_errors() -> tuple[type[BaseException], ...]:
 class RetryPolicy:
     """How often and how long to retry; the agents build it from Settings."""
 
-    retries: int = 3  # attempts after the first, for a non-transient failure, before the batch is split
+    # attempts after the first, for a non-transient failure, before the batch is split
+    retries: int = field(default_factory=lambda: setting_default("batch_retries"))
     split_retries: int = 1  # the same for each half while bisecting
-    backoff_s: float = 0.1  # first wait; doubles each attempt
-    backoff_max_s: float = 10.0
+    backoff_s: float = field(default_factory=lambda: setting_default("retry_backoff_s"))  # first wait; doubles
+    backoff_max_s: float = field(default_factory=lambda: setting_default("retry_backoff_max_s"))
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before attempt number `attempt` (1-based)."""

@@ -40,6 +40,7 @@ from stream_app.adapters.vectorstore.protocol import (
     as_rows,
     stored_payload,
 )
+from stream_app.settings import setting_default
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 # Measured (2 busy cores, dim 384): exact scan of plain segments ~0.33 ms per 10k points per query;
 # optimize() rebuilds the whole shard, ~19 s at 20k, ~32 s at 40k, ~104 s at 100k, and the store
 # answers nothing meanwhile. So small catalogues stay exact, and rebuilds are rare.
-OPTIMIZE_EVERY = 50_000
+OPTIMIZE_EVERY: int = setting_default("qdrant_optimize_every")
 _PACKAGE_ROOT = Path(__file__).resolve().parents[3]
 _ERRORS: dict[str, type[Exception]] = {e.__name__: e for e in (ValueError, TypeError, KeyError, RuntimeError)}
 
@@ -148,7 +149,8 @@ class _Child:
 class EmbeddedItemStore:
     """Qdrant's own engine (qdrant-edge) on local disk, driven from one dedicated child process."""
 
-    def __init__(self, path: Path, *, optimize_every: int = OPTIMIZE_EVERY, timeout_s: float = 30.0,
+    def __init__(self, path: Path, *, optimize_every: int = OPTIMIZE_EVERY,
+                 timeout_s: float = setting_default("store_timeout_s"),
                  optimize_timeout_s: float = 1800.0) -> None:
         """Store under path; optimize() runs after optimize_every new un-indexed points; calls time out."""
         self.path = Path(path)

@@ -20,6 +20,7 @@ from stream_app.adapters.vectorstore.protocol import (
     point_id,
     stored_payload,
 )
+from stream_app.settings import setting_default
 
 T = TypeVar("T")
 
@@ -27,7 +28,7 @@ T = TypeVar("T")
 class QdrantServerStore:
     """A collection on a Qdrant server; every call is bounded by `timeout_s` and recorded in `healthy`."""
 
-    def __init__(self, client: Any, collection: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, client: Any, collection: str, *, timeout_s: float = setting_default("store_timeout_s")) -> None:
         """Wrap an AsyncQdrantClient (any location it supports) and a collection name."""
         self.client = client
         self.collection = collection
@@ -156,7 +157,8 @@ class QdrantServerStore:
         await self.client.close()
 
 
-def open_server_store(url: str, api_key: str | None, collection: str, timeout_s: float = 30.0) -> QdrantServerStore:
+def open_server_store(url: str, api_key: str | None, collection: str,
+                      timeout_s: float = setting_default("store_timeout_s")) -> QdrantServerStore:
     """A QdrantServerStore talking to the server at url (no I/O here: the client connects on first call)."""
     from qdrant_client import AsyncQdrantClient
 
