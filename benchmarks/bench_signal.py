@@ -18,7 +18,8 @@ from pathlib import Path
 from stream_app.core.collab import CollabParams
 from stream_app.core.events import parse_behaviour
 from stream_app.settings import Settings
-from stream_app.core.signal_state import SignalState, count_events, load, save
+from stream_app.core.signal_state import SignalState, count_events
+from stream_app.stream.replica import load_signal_snapshot, save_signal_snapshot
 
 
 def main() -> None:
@@ -43,9 +44,9 @@ def main() -> None:
     t2 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "signal.json.gz"
-        size = save(state, path)
+        size = save_signal_snapshot(state, path)
         t3 = time.perf_counter()
-        load(path, max_users=10**9)
+        load_signal_snapshot(path, max_users=10**9)
         t4 = time.perf_counter()
     n = args.events
     print(f"{n:,} events, {args.users:,} users, {args.items:,} items (window {params.window}, "

@@ -155,12 +155,6 @@ class Settings(BaseSettings):
         """The model folder the encoder loads: model_dir if set, else model_cache/model_name."""
         return self.model_dir if self.model_dir is not None else self.model_cache / self.model_name
 
-    def kafka_client_options(self) -> dict:
-        """aiokafka security keyword arguments (all but bootstrap_servers), from kafka_security.client_kwargs."""
-        from stream_app.adapters.kafka_security import client_kwargs  # the one mapping; imported here (it imports Settings)
-
-        return {k: v for k, v in client_kwargs(self).items() if k != "bootstrap_servers"}
-
     def group_instance_id(self) -> str:
         """Kafka static-membership id of this worker: worker_id, else <hostname>-<web_port> (unique on a host)."""
         return f"{self.app_id}-{self.worker_id or f'{socket.gethostname()}-{self.web_port}'}"

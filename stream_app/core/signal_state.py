@@ -1,29 +1,27 @@
 """The collaborative signal as every worker keeps it: the collab counters plus, per user, the recent items that the
 co-occurrence counter pairs a new item with; folded from the whole behaviour stream and saved as JSON snapshots.
 
-Pure (no Kafka, no I/O besides the snapshot file). stream_app.stream.replica feeds it from a consumer of every partition of
-`behaviour`, so each worker's counters are built from all users' events, not only those of its own partitions.
+Pure (no Kafka, no I/O): stream_app.stream.replica feeds it from a consumer of every partition of `behaviour`, so
+each worker's counters are built from all users' events, not only those of its own partitions, and saves and loads
+its snapshots.
 
 Counting rule (the same as the offline evaluator's replay.Default.observe): an event with an item id that is not a
 dislike adds to the counters with the user's earlier items (newest last, deduplicated, dislikes included) as
-`previous`; then the item becomes the user's newest recent item. Events without an item id (searches) do not count. An event id the user
-sent among their last SEEN_EVENTS events is a redelivery and is skipped (the user-state table dedupes the same way).
+`previous`; then the item becomes the user's newest recent item. Events without an item id (searches) do not
+count. An event id the user sent among their last SEEN_EVENTS events is a redelivery and is skipped (the user-state table dedupes the same way).
 A `forget` event drops the user's window and remembered ids; the aggregate counts stay (they hold no user id).
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
-import os
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from stream_app.core import collab
+from stream_app.core.defaults import setting_default as _default
 from stream_app.core.collab import CollabParams, CollabState
 from stream_app.core.events import FORGET, BehaviourEvent
 from stream_app.core.interest import event_digest
@@ -40,7 +38,7 @@ class SignalState:
     recent: OrderedDict[str, list[str]] = field(default_factory=OrderedDict)  # least recently active user first
     seen: OrderedDict[str, list[int]] = field(default_factory=OrderedDict)  # user -> last event-id digests, LRU
     positions: dict[int, int] = field(default_factory=dict)  # behaviour partition -> next offset to read
-    max_users: int = 200_000
+    max_users: int = field(default_factory=lambda: _default("signal_max_users"))
 
 
 def count_events(state: SignalState, events: Iterable[BehaviourEvent], params: CollabParams) -> int:
@@ -124,27 +122,3 @@ def from_json(doc: Mapping[str, Any], max_users: int) -> SignalState:
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"malformed signal snapshot: {exc!r}") from exc
     return SignalState(collab_state, recent, seen, positions, max_users)
-
-
-def save(state: SignalState, path: Path) -> int:
-    """Write the snapshot atomically (gzip JSON, then rename); returns its size in bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = gzip.compress(json.dumps(to_json(state), separators=(",", ":")).encode(), compresslevel=3)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return len(data)
-
-
-def load(path: Path, max_users: int) -> SignalState:
-    """The saved state, or an empty one when there is no snapshot; ValueError when it cannot be read."""
-    if not path.exists():
-        return SignalState(max_users=max_users)
-    try:
-        doc = json.loads(gzip.decompress(path.read_bytes()))
-    except (OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"unreadable signal snapshot {path}: {exc}") from exc
-    return from_json(doc, max_users)

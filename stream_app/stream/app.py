@@ -248,7 +248,7 @@ async def handle_items_batch(parsed: list[tuple[EventT, ItemEvent]]) -> list[tup
         with event_context(event):
             unchanged = item_fingerprints.get(item.item_id) == fp
         if unchanged:
-            pipeline.metrics.items_unchanged += 1
+            pipeline.metrics.count("items_unchanged")
         else:
             changed.append((event, item, fp))
     if not changed:
@@ -347,7 +347,7 @@ async def handle_behaviour_batch(parsed: list[tuple[EventT, BehaviourEvent]]) ->
     that fails is retried, then bisected: an event whose vector cannot be made is dead-lettered, not applied,
     and not remembered (a redelivery tries again). Returns the (event, reason) pairs to dead-letter.
     """
-    pipeline.metrics.batches += 1
+    pipeline.metrics.count("batches")
     rejected: list[tuple[EventT, str]] = []
     rows_by_user: dict[str, list[tuple[EventT, BehaviourEvent]]] = defaultdict(list)
     for event, behaviour in parsed:
@@ -403,7 +403,7 @@ async def handle_behaviour_batch(parsed: list[tuple[EventT, BehaviourEvent]]) ->
 
     # Commit: table writes (changelog) and sends, only now that every step succeeded.
     for user_id, plan in plans.items():
-        pipeline.metrics.duplicates += len(plan.duplicates)
+        pipeline.metrics.count("duplicates", len(plan.duplicates))
         last_event = plan.rows[-1][0]
         with event_context(last_event):
             if plan.state is None and plan.forgotten:
@@ -412,7 +412,7 @@ async def handle_behaviour_batch(parsed: list[tuple[EventT, BehaviourEvent]]) ->
                 user_state[user_id] = encode_state(plan.state)  # type: ignore[arg-type]
         if plan.forgotten:
             pipeline.forget_user(user_id)
-            pipeline.metrics.forgotten += 1
+            pipeline.metrics.count("forgotten")
             log.info("forgot a user (%d event(s) after the forget kept)", len(plan.apply))
             log.debug("forgot user %r", user_id)
     await send_recommendations(recs, plans)
@@ -428,7 +428,7 @@ async def send_recommendations(recs: dict[str, Any], plans: dict[str, UserBatch]
         last_event, last_behaviour = rows[-1]
         latency_ms = (sent_at - last_event.message.timestamp) * 1000.0
         pipeline.metrics.observe_latency(latency_ms)
-        pipeline.metrics.recommendations += 1
+        pipeline.metrics.count("recommendations")
         value = {
             "user_id": user_id,
             "event_id": last_behaviour.event_id,

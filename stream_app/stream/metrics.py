@@ -27,6 +27,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from stream_app.settings import setting_default
+
 LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
 ENCODER_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
 SEARCH_BUCKETS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
@@ -82,7 +84,7 @@ class Histogram:
 class OnlineEval:
     """HR@k of the lists the service sent vs a most-popular list, from each user's next event (see module doc)."""
 
-    k: int = 10
+    k: int = field(default_factory=lambda: setting_default("top_k"))
     window: int = 1000
     max_pending: int = 100_000
     pending: OrderedDict[str, tuple[frozenset[str], frozenset[str]]] = field(default_factory=OrderedDict)
@@ -150,7 +152,8 @@ class Metrics:
                 "items_encoded", "items_deleted", "items_unchanged", "encoded_texts", "encoder_calls", "encoder_s", "encoder_batch_max",
                 "store_searches", "store_record_calls", "cache_hits")
 
-    def __init__(self, top_k: int = 10, crash_window_s: float = 60.0, store_stuck_s: float = 30.0) -> None:
+    def __init__(self, top_k: int = setting_default("top_k"), crash_window_s: float = 60.0,
+                 store_stuck_s: float = setting_default("store_timeout_s")) -> None:
         self.events = 0
         self.batches = 0
         self.recommendations = 0
@@ -192,6 +195,29 @@ class Metrics:
         self._last_sample: dict[str, Any] | None = None
 
     # ---- recording ------------------------------------------------------------------------------------------
+    def count(self, counter: str, n: int = 1) -> None:
+        """Add n to one of COUNTERS: the one way the agents, the pipeline and the replicas move a counter."""
+        if counter not in self.COUNTERS:
+            raise ValueError(f"unknown counter {counter!r}; one of {self.COUNTERS}")
+        setattr(self, counter, getattr(self, counter) + n)
+
+    def started(self) -> None:
+        """The pipeline (encoder and store) is up: the worker may serve."""
+        self.ready = True
+        self.startup_error = ""
+
+    def start_failed(self, reason: str) -> None:
+        """The pipeline could not start: /health answers 503 with this reason until it does."""
+        self.startup_error = reason
+
+    def observe_state(self, *, catalogue_size: int | None, users: int | None) -> None:
+        """The stores' sizes (the catalogue's point count, the user-state table's key estimate)."""
+        self.catalogue_size, self.users = catalogue_size, users
+
+    def observe_lag(self, lag: dict[str, int]) -> None:
+        """Consumer lag per input partition ("topic:partition" -> messages behind)."""
+        self.lag = lag
+
     def observe_latency(self, ms: float) -> None:
         self.latency_ms.observe(ms)
 

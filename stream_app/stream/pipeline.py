@@ -153,20 +153,12 @@ class Pipeline:
                     self.store = open_item_store(self.settings)
                 await self.store.ensure_collection(self.encoder.dim)
             except Exception as exc:
-                self.metrics.startup_error = f"pipeline failed to start: {type(exc).__name__}: {exc}"
+                self.metrics.start_failed(f"pipeline failed to start: {type(exc).__name__}: {exc}")
                 raise
-            self._ready = self.metrics.ready = True
-            self.metrics.startup_error = ""
+            self._ready = True
+            self.metrics.started()
             log.info("pipeline ready: model=%s dim=%d provider=%s", self.encoder.manifest.name, self.encoder.dim,
                      self.encoder.provider)
-
-    def store_health(self) -> dict[str, Any]:
-        """The item store's health for the web view: healthy, its last error, and (embedded) child restarts."""
-        store = self.store
-        if store is None:
-            return {"healthy": False, "last_error": "not started", "restarts": 0}
-        return {"healthy": bool(store.healthy), "last_error": store.last_error,
-                "restarts": getattr(store, "restarts", 0)}
 
     async def close(self) -> None:
         if self.store is not None:
@@ -231,13 +223,13 @@ class Pipeline:
                 await self.store.delete(list(deleted))
             for item_id in deleted:
                 self.item_vectors.discard(item_id)
-            self.metrics.items_deleted += len(deleted)
+            self.metrics.count("items_deleted", len(deleted))
         if records:
             with self.metrics.store_call("upsert"):
                 await self.store.upsert(list(records))
             for record in records:
                 self.item_vectors.put(record.item_id, record)
-            self.metrics.items_indexed += len(records)
+            self.metrics.count("items_indexed", len(records))
 
     # ---- behaviour ----------------------------------------------------------------------------------------
     async def records_for(self, item_ids: Sequence[str]) -> dict[str, ItemRecord]:
@@ -250,10 +242,10 @@ class Pipeline:
             record = cache.get(item_id)
             if record is not None:
                 found[item_id] = record
-        self.metrics.cache_hits += len(found)
+        self.metrics.count("cache_hits", len(found))
         missing = sorted(set(item_ids) - found.keys())
         if missing:
-            self.metrics.store_record_calls += 1
+            self.metrics.count("store_record_calls")
             with self.metrics.store_call("get_records"):
                 stored = await self.store.get_records(missing)
             for item_id, record in stored.items():
@@ -300,7 +292,7 @@ class Pipeline:
             state = apply_event(state, vec, e.type, e.ts, e.item_id, self.params)
         for e in events:  # online evaluation: each user's next event against the last list sent
             self.metrics.online.next_event(e.user_id, e.type, e.item_id)
-        self.metrics.events += len(events)
+        self.metrics.count("events", len(events))
         return state
 
     def forget_user(self, user_id: str) -> None:
@@ -324,7 +316,7 @@ class Pipeline:
                 self.store, np.concatenate([slots[u][0] for u in owners]).astype(np.float32), rp.text_pool,
                 [excluded[u] for u in owners for _ in range(len(slots[u][1]))], payload_fields=[])
         self.metrics.observe_search((time.perf_counter() - t0) * 1e3)
-        self.metrics.store_searches += 1
+        self.metrics.count("store_searches")
         row = 0
         for u in owners:
             n = len(slots[u][1])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from stream_app.core import signal_state
-from stream_app.core.events import ItemEvent, MessageMeta, parse_behaviour
+from stream_app.core.events import EventError, ItemEvent, MessageMeta, parse_behaviour
 from stream_app.adapters.kafka_security import client_kwargs
 from stream_app.adapters.vectorstore import ItemRecord
 
@@ -84,7 +85,7 @@ async def publish_items(pipeline: Pipeline, items: Sequence[tuple[ItemEvent, str
     """
     if send is None:
         await pipeline.index_items([item for item, _ in items])
-        pipeline.metrics.items_encoded += sum(1 for item, _ in items if not item.deleted)
+        pipeline.metrics.count("items_encoded", sum(1 for item, _ in items if not item.deleted))
         return
     latest: dict[str, tuple[ItemEvent, str | None]] = {}
     for item, fp in items:  # the last message for an id wins within a batch
@@ -97,7 +98,7 @@ async def publish_items(pipeline: Pipeline, items: Sequence[tuple[ItemEvent, str
     acks = [await send(item_id.encode(), None if item.deleted else encoded[item_id])
             for item_id, (item, _) in latest.items()]
     await asyncio.gather(*acks)  # on the broker before the caller records the fingerprints
-    pipeline.metrics.items_encoded += len(upserts)
+    pipeline.metrics.count("items_encoded", len(upserts))
 
 
 async def apply_item_records(pipeline: Pipeline, messages: Sequence[ConsumerRecord]) -> None:
@@ -121,6 +122,31 @@ async def apply_item_records(pipeline: Pipeline, messages: Sequence[ConsumerReco
 
 
 # ---- reading a whole topic outside the group ----------------------------------------------------------------------
+def save_signal_snapshot(state: signal_state.SignalState, path: Path) -> int:
+    """Write the signal's snapshot atomically (gzip JSON of signal_state.to_json, then rename); returns its size
+    in bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = gzip.compress(json.dumps(signal_state.to_json(state), separators=(",", ":")).encode(), compresslevel=3)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(data)
+
+
+def load_signal_snapshot(path: Path, max_users: int) -> signal_state.SignalState:
+    """The saved signal, or an empty one when there is no snapshot; ValueError when it cannot be read."""
+    if not path.exists():
+        return signal_state.SignalState(max_users=max_users)
+    try:
+        doc = json.loads(gzip.decompress(path.read_bytes()))
+    except (OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"unreadable signal snapshot {path}: {exc}") from exc
+    return signal_state.from_json(doc, max_users)
+
+
 class TopicReader:
     """Reads every partition of one topic without a consumer group, from given positions, in batches.
 
@@ -260,7 +286,7 @@ class Replicas:
         await self.pipeline.start()
         self.started = True
         try:
-            self.signal = signal_state.load(self.signal_snapshot_path, self.settings.signal_max_users)
+            self.signal = load_signal_snapshot(self.signal_snapshot_path, self.settings.signal_max_users)
         except ValueError as exc:
             log.error("%s; rebuilding the signal from the whole topic", exc)
         self.pipeline.collab = self.signal.collab
@@ -316,7 +342,7 @@ class Replicas:
             for msg in records:
                 try:  # the agent's own checks (key = user_id, clock skew against the broker timestamp)
                     events.append(parse_behaviour(msg.value, MessageMeta(msg.key, msg.timestamp / 1000.0)))
-                except Exception:  # noqa: BLE001 - the behaviour agent dead-letters it; the signal skips it
+                except EventError:  # the behaviour agent dead-letters it; the signal skips it
                     self.skipped += 1
             known = await self.pipeline.item_vectors_for(sorted({e.item_id for e in events if e.item_id}))
             usable = [e for e in events if not e.item_id or e.item_id in known]
@@ -342,7 +368,7 @@ class Replicas:
     def save_signal(self) -> None:
         """Snapshot counters, windows and positions (synchronously: also runs while the worker shuts down)."""
         t0 = time.perf_counter()
-        self.snapshot_bytes = signal_state.save(self.signal, self.signal_snapshot_path)
+        self.snapshot_bytes = save_signal_snapshot(self.signal, self.signal_snapshot_path)
         self.snapshot_ms = round((time.perf_counter() - t0) * 1000, 2)
         self.snapshot_at = time.time()
 

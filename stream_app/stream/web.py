@@ -228,7 +228,8 @@ def consumer_lag(app: faust.App, topics: set[str], committed: dict[tuple[str, in
     try:
         consumer = app.consumer
         assignment = consumer.assignment()
-    except Exception:  # noqa: BLE001 - not started yet
+    except Exception:  # noqa: BLE001 - not started yet (Faust and aiokafka raise several kinds)
+        log.debug("no consumer assignment yet", exc_info=True)
         return out
     read = app.monitor.tp_read_offsets if app.monitor else {}
     for tp in assignment:
@@ -237,6 +238,7 @@ def consumer_lag(app: faust.App, topics: set[str], committed: dict[tuple[str, in
         try:
             high = consumer.highwater(tp)
         except Exception:  # noqa: BLE001 - no fetch yet for this partition
+            log.debug("no highwater for %s yet", tp, exc_info=True)
             continue
         known = [v for v in (read[tp] + 1 if tp in read else None, committed.get((tp.topic, tp.partition)))
                  if v is not None]
@@ -389,8 +391,8 @@ def register_pages(app: faust.App, pipeline: Pipeline, user_state: faust.types.T
             state["last_state_refresh"], state["catalogue_writes"] = now, writes
             try:
                 with m.store_call("count"):
-                    m.catalogue_size = await pipeline.store.count()
-                m.users = table_size(user_state)
+                    catalogue_size = await pipeline.store.count()
+                m.observe_state(catalogue_size=catalogue_size, users=table_size(user_state))
                 if state["admin"] is None:
                     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -401,7 +403,7 @@ def register_pages(app: faust.App, pipeline: Pipeline, user_state: faust.types.T
                 state["committed"] = await group_offsets(state["admin"], app.conf.id)
             except Exception as exc:  # noqa: BLE001 - a failed refresh must not stop the sampler
                 log.warning("state size / offsets refresh failed: %s", exc)
-        m.lag = consumer_lag(app, input_names, state["committed"])
+        m.observe_lag(consumer_lag(app, input_names, state["committed"]))
         m.sample()
 
     @app.on_before_shutdown.connect

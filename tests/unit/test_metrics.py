@@ -184,3 +184,12 @@ def test_each_call_is_stuck_only_past_its_own_deadline():
         problems = m.health()["problems"]
         assert len(problems) == 1 and "vector store stuck: search" in problems[0]
     m.call_ended(call)
+
+
+def test_counters_move_only_through_count_and_only_known_ones():
+    m = Metrics()
+    m.count("events", 3)
+    m.count("batches")
+    assert (m.events, m.batches) == (3, 1)
+    with pytest.raises(ValueError, match="unknown counter"):
+        m.count("evnets")

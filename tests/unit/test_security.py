@@ -129,12 +129,6 @@ def test_repeat_filter_passes_one_record_per_kind_per_interval_and_reports_the_r
     assert not f.filter(record("Unable connect to node %s"))
 
 
-def test_settings_offer_the_same_options_without_the_bootstrap():
-    s = Settings(kafka_bootstrap="b:1", kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="u",
-                 kafka_sasl_password="p")
-    assert s.kafka_client_options() == {k: v for k, v in client_kwargs(s).items() if k != "bootstrap_servers"}
-
-
 def test_the_filter_sits_on_the_kafka_client_loggers_and_folds_their_repeats(caplog):
     from stream_app.stream.logfilter import install_connection_error_filter
 

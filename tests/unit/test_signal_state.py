@@ -14,7 +14,8 @@ from stream_app.core.collab import CollabParams, CollabState
 from stream_app.core.events import BehaviourEvent
 from stream_app.core.interest import InterestParams, apply_event, consumed_items, new_state
 from stream_app.stream.replica import decode_item_vector, encode_item_vector
-from stream_app.core.signal_state import SignalState, count_events, load, save, to_json
+from stream_app.core.signal_state import SignalState, count_events, to_json
+from stream_app.stream.replica import load_signal_snapshot, save_signal_snapshot
 from stream_app.adapters.vectorstore import ItemRecord
 
 TYPES = ["view", "click", "cart", "purchase", "dislike", "search"]
@@ -73,8 +74,8 @@ def test_snapshot_round_trip_and_resume(tmp_path):
     part = SignalState(positions={0: 150})
     count_events(part, events[:150], params)
     path = tmp_path / "s.json.gz"
-    save(part, path)
-    resumed = load(path, max_users=1000)
+    save_signal_snapshot(part, path)
+    resumed = load_signal_snapshot(path, max_users=1000)
     assert resumed.positions == {0: 150} and resumed.recent == part.recent
     count_events(resumed, events[150:], params)
     assert resumed.collab.events == whole.collab.events
@@ -82,13 +83,13 @@ def test_snapshot_round_trip_and_resume(tmp_path):
         assert math.isclose(resumed.collab.pop[i], v, rel_tol=1e-9)
     for i, row in whole.collab.cooc.items():
         assert all(math.isclose(resumed.collab.cooc[i][j], c, rel_tol=1e-9) for j, c in row.items())
-    again = load(path, max_users=1000)  # every counter map survives the round trip exactly
-    assert to_json(again) == to_json(load(path, max_users=1000))
+    again = load_signal_snapshot(path, max_users=1000)  # every counter map survives the round trip exactly
+    assert to_json(again) == to_json(load_signal_snapshot(path, max_users=1000))
     assert again.collab.cooc == part.collab.cooc and again.seen == part.seen
-    assert load(tmp_path / "none.json.gz", 10).collab.events == 0
+    assert load_signal_snapshot(tmp_path / "none.json.gz", 10).collab.events == 0
     (tmp_path / "bad.json.gz").write_bytes(b"nope")
     with pytest.raises(ValueError):
-        load(tmp_path / "bad.json.gz", 10)
+        load_signal_snapshot(tmp_path / "bad.json.gz", 10)
 
 
 def test_user_windows_are_bounded():
