@@ -73,7 +73,7 @@ async def play(settings: Settings, proc: subprocess.Popen) -> list[float]:
 
         print(f"Loading {len(catalogue)} catalogue items into topic '{settings.items_topic}' ...")
         before = web_stats(settings) or {}
-        base = before.get("items_indexed", 0) + before.get("items_unchanged", 0)
+        base = sum(before.get(k, 0) for k in ("items_indexed", "items_unchanged", "items_superseded"))
         for item in catalogue:
             await producer.send(settings.items_topic, json.dumps(item, ensure_ascii=False).encode(),
                                 key=item["item_id"].encode())
@@ -82,7 +82,7 @@ async def play(settings: Settings, proc: subprocess.Popen) -> list[float]:
 
         def indexed() -> bool:
             s = web_stats(settings) or {}
-            return s.get("items_indexed", 0) + s.get("items_unchanged", 0) - base >= len(catalogue)
+            return sum(s.get(k, 0) for k in ("items_indexed", "items_unchanged", "items_superseded")) - base >= len(catalogue)
 
         await wait_for(indexed, 300, "the catalogue to be indexed", proc)
         print(f"Catalogue indexed in {time.monotonic() - t0:.1f}s. Playing scripted users ...")

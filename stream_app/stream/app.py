@@ -238,9 +238,21 @@ async def index_items(stream: faust.StreamT) -> None:
 
 
 async def handle_items_batch(parsed: list[tuple[EventT, ItemEvent]]) -> list[tuple[EventT, str]]:
-    """Skip unchanged items, index the rest (encoder + store, retried and bisected), then record fingerprints."""
-    changed = []  # (event, item, fingerprint or None for a deletion)
+    """Keep each item's last message of the batch, skip it if unchanged, index the rest (encoder + store, retried
+    and bisected), then record fingerprints.
+
+    The last message for an item decides, as if the batch's messages had come one by one: an earlier one is
+    superseded, never compared against the stored fingerprint on its own (a deletion followed by the unchanged
+    item must leave the item in place; an edit followed by the original must leave the original). Items are keyed
+    by item_id, so one item's messages keep their order within a partition.
+    """
+    latest: dict[str, tuple[EventT, ItemEvent]] = {}
     for event, item in parsed:
+        if latest.pop(item.item_id, None) is not None:
+            pipeline.metrics.count("items_superseded")
+        latest[item.item_id] = (event, item)
+    changed = []  # (event, item, fingerprint or None for a deletion)
+    for event, item in latest.values():
         if item.deleted:
             changed.append((event, item, None))
             continue

@@ -149,8 +149,8 @@ class Metrics:
     """Counters, histograms, DLQ tail, agent health and online evaluation of one worker (see module doc)."""
 
     COUNTERS = ("events", "batches", "recommendations", "dead_letters", "duplicates", "forgotten", "items_indexed",
-                "items_encoded", "items_deleted", "items_unchanged", "encoded_texts", "encoder_calls", "encoder_s", "encoder_batch_max",
-                "store_searches", "store_record_calls", "cache_hits")
+                "items_encoded", "items_deleted", "items_unchanged", "items_superseded", "encoded_texts", "encoder_calls",
+                "encoder_s", "encoder_batch_max", "store_searches", "store_record_calls", "cache_hits")
 
     def __init__(self, top_k: int = setting_default("top_k"), crash_window_s: float = 60.0,
                  store_stuck_s: float = setting_default("store_timeout_s")) -> None:
@@ -164,6 +164,7 @@ class Metrics:
         self.items_encoded = 0  # encoded by this worker (with several workers, each item by one of them)
         self.items_deleted = 0
         self.items_unchanged = 0
+        self.items_superseded = 0  # a later message for the same item came in the same batch
         # Throughput counters of the pipeline (the pipeline benchmark reads them from /stats/).
         self.encoded_texts = 0
         self.encoder_calls = 0
@@ -379,7 +380,8 @@ class MetricsCollector(Collector):
                 "cache_hits": "item records served from the in-memory cache",
                 "items_indexed": "catalogue items written into this worker's store",
                 "items_encoded": "catalogue items encoded by this worker", "items_deleted": "catalogue items deleted",
-                "items_unchanged": "catalogue re-sends skipped as unchanged"}
+                "items_unchanged": "catalogue re-sends skipped as unchanged",
+                "items_superseded": "catalogue messages replaced by a later one for the same item in the same batch"}
         for name in Metrics.COUNTERS:
             yield CounterMetricFamily(f"{p}_{name}", docs[name], value=getattr(m, name))
         by_topic = CounterMetricFamily(f"{p}_dead_letters_by_topic", "dead-lettered messages per source topic",

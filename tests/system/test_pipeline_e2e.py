@@ -223,6 +223,29 @@ def test_unchanged_catalogue_resend_is_not_encoded_again(worker):
     assert after["items_unchanged"] == before["items_unchanged"] + 5
 
 
+def test_the_last_message_for_an_item_decides_within_a_burst(worker):
+    """A deletion then the unchanged item, and an edit then the original, sent in one burst (one batch when they
+    arrive together; any split must give the same result): the first item stays in the catalogue and the second
+    keeps its original title, as if the messages had come one by one."""
+    bootstrap = worker.env["STREAM_APP_KAFKA_BOOTSTRAP"]
+    kept, reverted = load_catalogue()[10], load_catalogue()[11]
+    edited = {**reverted, "title": reverted["title"] + " V2-EDITED"}
+    counters = ("items_indexed", "items_deleted", "items_unchanged", "items_superseded")
+    before = worker.stats() or {}
+    asyncio.run(produce(bootstrap, worker.topic("items"), [
+        (kept["item_id"], as_json({"item_id": kept["item_id"], "deleted": True})), (kept["item_id"], as_json(kept)),
+        (reverted["item_id"], as_json(edited)), (reverted["item_id"], as_json(reverted))]))
+    wait_until(lambda: sum((worker.stats() or {}).get(k, 0) for k in counters) >= sum(before[k] for k in counters) + 4,
+               60, "the burst", worker.proc)
+    user = f"burst-{uuid.uuid4().hex[:6]}"
+    first, second = ev(user, "view", kept["item_id"]), ev(user, "view", reverted["item_id"], minute=1)
+    recs = asyncio.run(play_and_collect(worker, [first, second]))
+    assert {first["event_id"], second["event_id"]} <= {e for rec in recs for e in rec["event_ids"]}  # none dead-lettered
+    with urllib.request.urlopen(f"{worker.web}/users/{user}/", timeout=10) as r:
+        titles = {row["item_id"]: row["title"] for row in json.loads(r.read())["behaviours"]}
+    assert titles == {kept["item_id"]: kept["title"], reverted["item_id"]: reverted["title"]}
+
+
 def test_a_restarted_worker_keeps_user_state_and_catalogue(worker):
     """Runs last: stop the worker, start a new one on the same data dir and topics; users carry on."""
     user = f"restart-{uuid.uuid4().hex[:6]}"
