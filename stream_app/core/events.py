@@ -1,4 +1,5 @@
-"""The event contract: parse and validate `items` and `behaviour` messages, and build DLQ records."""
+"""The event contract: parse and validate `items` and `behaviour` messages, build DLQ records, and keep the
+`recommendations` records within a message's size."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ MAX_FUTURE_SKEW_S = 86_400.0  # ts may be at most a day ahead of the message's b
 DLQ_VALUE_BYTES = 32 << 10
 DLQ_KEY_CHARS = 1024
 DLQ_REASON_CHARS = 1000
+LIST_TITLE_CHARS = 200  # an item's title in a recommendation record (the catalogue holds the whole one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,3 +296,25 @@ def dead_letter(raw: bytes | None, key: bytes | None, reason: str, topic: str, p
         "value_b64": base64.b64encode(head).decode("ascii") if head is not None else None,
         "value_text": text,
     }
+
+
+def list_title(title: str) -> str:
+    """An item's title as a recommendation record carries it: at most LIST_TITLE_CHARS characters ("…" when cut).
+
+    Titles may be 16 KiB each and JSON escaping can multiply a character's bytes by 12 (a control character by 6),
+    so ten full titles could pass the producer's 1 MB limit; the list only needs enough to show the item."""
+    return title if len(title) <= LIST_TITLE_CHARS else title[: LIST_TITLE_CHARS - 1] + "…"
+
+
+def split_by_event_ids(record: dict[str, Any], fits: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """The recommendation record as one or more records that each `fits` (the encoded size is under the limit):
+    the same list, each carrying a consecutive part of `event_ids`, in order. One user's batch may hold up to
+    batch_size events with ids of up to MAX_ID_LENGTH characters (~3 KB each once JSON-escaped), so a list can
+    answer more ids than one message holds; every id stays in exactly one record, so a consumer that accounts
+    for events by `event_ids` still sees each once. A record that does not fit even with a single id is returned
+    alone: the sender then reports it as too large."""
+    if fits(record) or len(record["event_ids"]) <= 1:
+        return [record]
+    half = len(record["event_ids"]) // 2
+    return [part for ids in (record["event_ids"][:half], record["event_ids"][half:])
+            for part in split_by_event_ids({**record, "event_ids": ids}, fits)]

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import faust
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 from faust.agents import current_agent
+from faust.serializers import codecs
 from faust.streams import _current_event
 from faust.types import EventT
 
 from stream_app.core.events import (DLQ_KEY_CHARS, FORGET, BehaviourEvent, EventError, ItemEvent, MessageMeta,
-                               dead_letter, parse_behaviour, parse_item)
+                               dead_letter, parse_behaviour, parse_item, split_by_event_ids)
 from stream_app.core.interest import UserState, decode_state, encode_state, event_digest, new_state, remember_events
 from stream_app.adapters.kafka_security import client_kwargs, faust_credentials
 from stream_app.stream.logfilter import install_connection_error_filter
@@ -143,12 +145,25 @@ async def publish(topic: faust.TopicT, key: Any, value: Any) -> Awaitable[Any]:
     return fut
 
 
+def too_large(exc: BaseException | None) -> bool:
+    """A send failure no retry can fix: the message is over the producer's or the broker's size limit (aiokafka's
+    error, possibly wrapped in Faust's ProducerSendError)."""
+    while exc is not None:
+        if isinstance(exc, (MessageSizeTooLargeError, RecordTooLargeError)):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 async def send_reliably(topic: faust.TopicT, key: Any, value: Any, what: str,
                         fallback: Callable[[], Any] | None = None) -> None:
-    """Send and wait until the broker has it, retrying with backoff for as long as it takes (never raises).
+    """Send and wait until the broker has it, retrying with backoff for as long as it takes.
 
-    After three failed attempts the value is replaced by fallback() when given (a DLQ record without the copied
-    value, the smallest record there is). An outage blocks the agent here, so no offset moves past the message.
+    After three failed attempts, or at once when the value is too large to send, the value is replaced by
+    fallback() when given (a DLQ record without the copied value, the smallest record there is). An outage blocks
+    the agent here, so no offset moves past the message. A value too large to send and without a fallback is the
+    one failure that is not retried: it raises (the caller dead-letters what produced it), since no retry can
+    ever send it and the agent would wait on it for good.
     """
     attempt = 0
     while True:
@@ -159,8 +174,10 @@ async def send_reliably(topic: faust.TopicT, key: Any, value: Any, what: str,
             raise
         except Exception as exc:  # noqa: BLE001 - retried; the agent must not die on a send
             attempt += 1
-            if attempt == 3 and fallback is not None:
-                value = fallback()
+            if too_large(exc) and fallback is None:
+                raise
+            if (attempt == 3 or too_large(exc)) and fallback is not None:
+                value, fallback = fallback(), None
             _send_log.warning("sending %s failed (%s: %.200s); retrying (attempt %d)", what, type(exc).__name__, exc,
                               attempt)
             await asyncio.sleep(policy.delay(attempt))
@@ -427,21 +444,33 @@ async def handle_behaviour_batch(parsed: list[tuple[EventT, BehaviourEvent]]) ->
             pipeline.metrics.count("forgotten")
             log.info("forgot a user (%d event(s) after the forget kept)", len(plan.apply))
             log.debug("forgot user %r", user_id)
-    await send_recommendations(recs, plans)
-    return rejected
+    return rejected + await send_recommendations(recs, plans)
 
 
-async def send_recommendations(recs: dict[str, Any], plans: dict[str, UserBatch]) -> None:
-    """Send one list per user and wait until the broker has them all (failed sends are retried)."""
+# Of the producer's max_request_size (Faust's default: 1,000,000 bytes), what one recommendation record may take;
+# the rest is left to the record's key, headers and batch framing.
+RECORD_SHARE = 0.9
+
+
+def record_fits(value: dict[str, Any]) -> bool:
+    """Whether a recommendation record, encoded as the topic encodes it (Faust's json codec), fits one message."""
+    return len(codecs.dumps("json", value)) <= RECORD_SHARE * app.conf.producer_max_request_size
+
+
+async def send_recommendations(recs: dict[str, Any], plans: dict[str, UserBatch]) -> list[tuple[EventT, str]]:
+    """Send each user's list and wait until the broker has them all (failed sends are retried). A list whose
+    `event_ids` would not fit one message goes as several records with the same items, each with part of the ids
+    (events.split_by_event_ids). Returns the events whose list is too large to send even so (dead-lettered by the
+    caller, with the reason): they were applied to the state, but no list answers them."""
     sent_at = time.time()
     pending = []
+    too_big: list[tuple[EventT, str]] = []
     for user_id, rec in recs.items():
         rows = plans[user_id].served()
         last_event, last_behaviour = rows[-1]
         latency_ms = (sent_at - last_event.message.timestamp) * 1000.0
         pipeline.metrics.observe_latency(latency_ms)
-        pipeline.metrics.count("recommendations")
-        value = {
+        record = {
             "user_id": user_id,
             "event_id": last_behaviour.event_id,
             "event_ids": [b.event_id for _, b in rows],
@@ -451,13 +480,15 @@ async def send_recommendations(recs: dict[str, Any], plans: dict[str, UserBatch]
             "generated_at": sent_at,
             "latency_ms": round(latency_ms, 3),
         }
-        try:
-            pending.append((user_id, value, await publish(recommendations_topic, user_id, value)))
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - retried below
-            pending.append((user_id, value, None))
-    for user_id, value, fut in pending:
+        for part in split_by_event_ids(record, record_fits):
+            try:
+                pending.append((user_id, part, await publish(recommendations_topic, user_id, part)))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - retried below
+                pending.append((user_id, part, None))
+    unsent: set[str] = set()
+    for user_id, part, fut in pending:
         try:
             if fut is None:
                 raise RuntimeError("not sent")
@@ -465,7 +496,17 @@ async def send_recommendations(recs: dict[str, Any], plans: dict[str, UserBatch]
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - the list is sent again until the broker has it
-            await send_reliably(recommendations_topic, user_id, value, "a recommendation")
+            try:
+                await send_reliably(recommendations_topic, user_id, part, "a recommendation")
+            except Exception as exc:  # noqa: BLE001 - only a record too large to send ever gets here
+                unsent.add(user_id)
+                reason = (f"applied to the user's state, but its recommendation could not be sent: "
+                          f"{len(codecs.dumps('json', part))} bytes, over the producer's limit "
+                          f"({type(exc).__name__})")
+                ids = set(part["event_ids"])
+                too_big += [(e, reason) for e, b in plans[user_id].served() if b.event_id in ids]
+    pipeline.metrics.count("recommendations", len(recs) - len(unsent))
+    return too_big
 
 
 register_pages(app, pipeline, user_state, settings, inputs=(items_topic, behaviour_topic))

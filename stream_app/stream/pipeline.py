@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from stream_app.adapters.encoder import TextEncoder, load_encoder
-from stream_app.core.events import BehaviourEvent, ItemEvent
+from stream_app.core.events import BehaviourEvent, ItemEvent, list_title
 from stream_app.core import collab
 from stream_app.core.collab import CollabParams, CollabState
 from stream_app.stream.metrics import Metrics
@@ -382,7 +382,7 @@ class Pipeline:
                 why = {key: value if key == "slot" else float(f"{value:.4g}") for key, value in why.items()}
                 why.update(collab.explain_sources(self.collab, recent[u], r.item_id, self.cparams))
                 items.append({"item_id": r.item_id, "score": float(f"{r.score:.6g}"),
-                              "title": payloads.get(r.item_id, {}).get("title", ""), "why": why})
+                              "title": list_title(payloads.get(r.item_id, {}).get("title", "")), "why": why})
             strategy = "blend" if len(weights) else "popular"
             out[u] = Recommendation(u, items, strategy, [round(float(w), 4) for w in weights])
         for user_id, rec in out.items():

@@ -78,8 +78,9 @@ async def explain_user(pipeline: Pipeline, raw_state: bytes | None, user_id: str
     rec_ids = [i["item_id"] for i in rec.items] if rec is not None else []
     records = await pipeline.records_for(sorted(set(recent) | set(rec_ids))) if pipeline.store else {}
     vectors = {i: r.vector for i, r in records.items()}
-    titles = {i: r.payload.get("title", "") for i, r in records.items()}
-    titles.update({i["item_id"]: i.get("title", "") for i in (rec.items if rec else []) if i.get("title")})
+    # The list's titles (cut to LIST_TITLE_CHARS) only for items the store no longer holds.
+    titles = {i["item_id"]: i.get("title", "") for i in (rec.items if rec else []) if i.get("title")}
+    titles.update({i: r.payload.get("title", "") for i, r in records.items()})
     if state is not None:
         shown = [i for i in recent if i in vectors]
         att = attention_weights(np.stack([vectors[i] for i in shown]) if shown else np.zeros((0, state.dim)),

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from stream_app.core.events import LIST_TITLE_CHARS
 from stream_app.sample_data import RELATED_CATEGORIES, category_of, load_catalogue
 from stream_app.stream.process import WorkerProcess as Worker
 from stream_app.stream.process import private_env, start_worker, wait_until
@@ -61,8 +62,9 @@ def worker(kafka_bootstrap: str, tmp_path_factory) -> Iterator[Worker]:
         w.stop()
 
 
-async def play_and_collect(w: Worker, events: list[dict], timeout: float = 60) -> list[dict]:
-    """Send behaviour events, return the recommendations that follow until each user's last event is answered.
+async def play_and_collect(w: Worker, events: list[dict], timeout: float = 60, burst: bool = False) -> list[dict]:
+    """Send behaviour events (50 ms apart, or all at once with burst), return the recommendations that follow until
+    each user's last event is answered.
 
     The worker sends one list per user per batch, so several events of a user can share one recommendation.
     """
@@ -76,7 +78,9 @@ async def play_and_collect(w: Worker, events: list[dict], timeout: float = 60) -
             await asyncio.sleep(0.05)
         for tp in consumer.assignment():
             await consumer.position(tp)  # pin "latest" before producing
-        for e in events:
+        if burst:
+            await produce(bootstrap, w.topic("behaviour"), [(e["user_id"], as_json(e)) for e in events])
+        for e in [] if burst else events:
             await produce(bootstrap, w.topic("behaviour"), [(e["user_id"], as_json(e))])
             await asyncio.sleep(0.05)
         waiting = {e["event_id"] for e in {e["user_id"]: e for e in events}.values()}
@@ -244,6 +248,39 @@ def test_the_last_message_for_an_item_decides_within_a_burst(worker):
     with urllib.request.urlopen(f"{worker.web}/users/{user}/", timeout=10) as r:
         titles = {row["item_id"]: row["title"] for row in json.loads(r.read())["behaviours"]}
     assert titles == {kept["item_id"]: kept["title"], reverted["item_id"]: reverted["title"]}
+
+
+def test_a_list_of_long_titles_for_a_burst_of_long_event_ids_is_sent_and_answers_every_event(worker):
+    """Found by a hostile test: 16 KiB titles of control characters (6 bytes each once JSON-escaped) and event ids
+    of 250 emoji (12 bytes each) made one user's list 1.01 MB, over the producer's 1 MB limit; the send was retried
+    forever and the behaviour agent stopped for every user. Now a list carries titles cut to LIST_TITLE_CHARS and
+    splits its event ids over several records if they do not fit one: every event is answered, no record is over
+    the limit, and the worker keeps serving others."""
+    bootstrap = worker.env["STREAM_APP_KAFKA_BOOTSTRAP"]
+    tag = uuid.uuid4().hex[:6]
+    big = [{"item_id": f"big-{tag}-{n:02d}", "title": "\x01" * 16377 + " kettle",
+            "text": "Electric kettle zzqx stainless steel 1.7 litre"} for n in range(20)]
+    before = (worker.stats() or {})["items_indexed"]
+    asyncio.run(produce(bootstrap, worker.topic("items"), [(i["item_id"], as_json(i)) for i in big]))
+    wait_until(lambda: (worker.stats() or {}).get("items_indexed", 0) >= before + 20, 120, "the long-title items",
+               worker.proc)
+    user = f"big-{tag}"
+    events = [{**ev(user, "view", i["item_id"], minute=n), "event_id": f"v{n}-" + "😀" * 250}
+              for n, i in enumerate(big[:10])]
+    events += [{**ev(user, "search", text="electric kettle zzqx", minute=10 + n), "event_id": f"s{n}-" + "😀" * 250}
+               for n in range(150)]
+    try:
+        recs = asyncio.run(play_and_collect(worker, events, timeout=120, burst=True))
+        answered = [e for rec in recs for e in rec["event_ids"]]
+        assert sorted(answered) == sorted(e["event_id"] for e in events)  # each event answered once
+        assert all(len(json.dumps(rec).encode()) < 1_000_000 for rec in recs)
+        assert all(len(i["title"]) <= LIST_TITLE_CHARS for rec in recs for i in rec["items"])
+        assert any(i["item_id"].startswith(f"big-{tag}") for i in recs[-1]["items"])  # the long-title items served
+        other = f"after-big-{tag}"
+        assert asyncio.run(play_and_collect(worker, [ev(other, "view", ids_by_title("Hoka Clifton 9"))]))
+    finally:  # the tests after this one share the worker's catalogue
+        asyncio.run(produce(bootstrap, worker.topic("items"),
+                            [(i["item_id"], as_json({"item_id": i["item_id"], "deleted": True})) for i in big]))
 
 
 def test_a_restarted_worker_keeps_user_state_and_catalogue(worker):

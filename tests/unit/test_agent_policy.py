@@ -154,3 +154,38 @@ def test_plan_user_skips_redeliveries_and_a_forget_drops_what_came_before():
     plan = agent.plan_user([row("a"), row("f", "forget"), row("old-1"), row("b")], stored)
     assert plan.forgotten and [b.event_id for _, b in plan.apply] == ["old-1", "b"]  # after a forget, all is new
     assert [b.event_id for _, b in plan.served()] == ["old-1", "b"]  # the forget itself gets no list
+
+
+class TooLargeTopic(FakeTopic):
+    """A producer that refuses every value encoded larger than `limit` bytes, as aiokafka does (wrapped by Faust)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.attempts = 0
+
+    async def publish_message(self, fut):
+        self.attempts += 1
+        if len(json.dumps(fut.value)) > self.limit:
+            from aiokafka.errors import MessageSizeTooLargeError
+            from faust.exceptions import ProducerSendError
+
+            try:
+                raise MessageSizeTooLargeError("The message is too large")
+            except MessageSizeTooLargeError as exc:
+                raise ProducerSendError(f"Error while sending: {exc!r}") from exc
+        return await super().publish_message(fut)
+
+
+def test_a_value_too_large_is_not_retried_forever():
+    """No retry can send a value over the size limit: with a fallback (a DLQ record without the copy) it is used
+    at once; without one send_reliably raises instead of blocking the agent for good."""
+    big = {"value_text": "x" * 5000}
+    dlq = TooLargeTopic(limit=1000)
+    asyncio.run(agent.send_reliably(dlq, b"k", big, "a dead letter", fallback=lambda: {"value_text": None}))
+    assert dlq.delivered == [(b"k", {"value_text": None})] and dlq.attempts == 2
+    recs = TooLargeTopic(limit=1000)
+    with pytest.raises(Exception) as raised:
+        asyncio.run(agent.send_reliably(recs, "u", big, "a recommendation"))
+    assert agent.too_large(raised.value) and recs.attempts == 1 and recs.delivered == []
+    assert not agent.too_large(RuntimeError("broker down"))

@@ -7,9 +7,11 @@ import hashlib
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from stream_app.core.events import (DLQ_KEY_CHARS, DLQ_REASON_CHARS, DLQ_VALUE_BYTES, EventError, MessageMeta, dead_letter,
-                               parse_behaviour, parse_item)
+from stream_app.core.events import (DLQ_KEY_CHARS, DLQ_REASON_CHARS, DLQ_VALUE_BYTES, LIST_TITLE_CHARS, EventError,
+                               MessageMeta, dead_letter, list_title, parse_behaviour, parse_item, split_by_event_ids)
 
 
 def b(obj) -> bytes:
@@ -175,3 +177,25 @@ def test_dead_letter_of_a_huge_value_is_capped_and_keeps_its_digest():
     assert bare["value_b64"] is None and bare["value_truncated"] and bare["value_length"] == len(raw)
     small = dead_letter(b"{}", None, "r", "behaviour", 0, 7)
     assert not small["value_truncated"] and small["value_text"] == "{}"
+
+
+def test_a_list_title_is_cut_to_its_bound_and_a_short_one_kept():
+    assert list_title("Hoka Clifton 9") == "Hoka Clifton 9"
+    cut = list_title("\x01" * 16_000)
+    assert len(cut) == LIST_TITLE_CHARS and cut.endswith("…")
+
+
+@given(st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=60), st.integers(200, 3000))
+def test_a_recommendation_splits_by_event_ids_each_part_fitting_each_id_once_in_order(ids, limit):
+    record = {"user_id": "u", "event_id": ids[-1], "event_ids": ids, "items": [{"item_id": "a", "title": "t"}]}
+
+    def fits(value: dict) -> bool:
+        return len(json.dumps(value)) <= limit
+
+    parts = split_by_event_ids(record, fits)
+    assert [i for p in parts for i in p["event_ids"]] == ids  # every id exactly once, in order
+    assert all(fits(p) or len(p["event_ids"]) == 1 for p in parts)  # only a lone id may be too large
+    assert all({k: v for k, v in p.items() if k != "event_ids"} == {k: v for k, v in record.items() if k != "event_ids"}
+               for p in parts)
+    if fits(record):
+        assert parts == [record]
