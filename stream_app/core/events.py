@@ -22,7 +22,7 @@ MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: a value longer than this is rejected befor
 MAX_TEXT_BYTES = 16 << 10  # 16 KiB of UTF-8 per text field (title, text)
 MAX_ID_LENGTH = 256  # characters of an id, type or category
 MAX_TAGS = 64
-MAX_FUTURE_SKEW_S = 86_400.0  # ts may be at most a day ahead of the message's broker timestamp (past ts: any)
+MAX_FUTURE_SKEW_S = 86_400.0  # ts may be at most a day ahead of the message's broker timestamp (past ts: any, back to epoch 0)
 # Dead-letter records: what is copied of the original message, so that a record always fits the broker.
 DLQ_VALUE_BYTES = 32 << 10
 DLQ_KEY_CHARS = 1024
@@ -75,7 +75,7 @@ class BehaviourEvent:
 
 
 def _reject_constant(name: str) -> Any:
-    raise EventError(f"not valid JSON: {name} is not a number")
+    raise ValueError(f"{name} is not a number")  # json.loads' own error type: _decode adds "not valid JSON: "
 
 
 def _decode(raw: bytes | str | dict | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from stream_app.core.events import (DLQ_KEY_CHARS, FORGET, BehaviourEvent, Event
                                dead_letter, parse_behaviour, parse_item, split_by_event_ids)
 from stream_app.core.interest import UserState, decode_state, encode_state, event_digest, new_state, remember_events
 from stream_app.adapters.kafka_security import client_kwargs, faust_credentials
-from stream_app.stream.logfilter import install_connection_error_filter
+from stream_app.stream.logfilter import install_connection_error_filter, install_malformed_request_filter
 from stream_app.stream.pipeline import Pipeline, UnknownItem, item_fingerprint
 from stream_app.stream.replica import Replicas, publish_items, register_replica_pages
 from stream_app.stream.resilience import Failed, RateLimitedLog, RetryPolicy, process_resilient
@@ -38,6 +38,7 @@ from stream_app.stream.webauth import warn_if_exposed
 log = logging.getLogger(__name__)
 settings = get_settings()
 install_connection_error_filter(settings.log_repeat_interval_s)
+install_malformed_request_filter()
 # Faust creates <data_dir>/faust but not its parents; a fresh deployment's data dir may not exist yet.
 settings.data_dir.mkdir(parents=True, exist_ok=True)
 warn_if_exposed(settings)

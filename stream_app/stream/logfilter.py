@@ -1,4 +1,5 @@
-"""Collapse repeated log lines of the Kafka clients: one line per interval while the broker is unreachable.
+"""Log filters: collapse repeated log lines of the Kafka clients (one line per interval while the broker is
+unreachable), and keep request paths (which hold user ids) out of the web server's error log.
 
 When the broker goes away, aiokafka and Faust retry every few milliseconds and log each failure (a 41 s outage
 once produced ~34,000 ERROR lines). `RepeatFilter` lets the first record of each kind through, drops identical
@@ -75,3 +76,26 @@ def install_connection_error_filter(interval_s: float) -> RepeatFilter:
             logger.removeFilter(old)
         logger.addFilter(_installed)
     return _installed
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse (a line over 8,190 bytes, a bad header) at ERROR with a traceback
+    whose message quotes the raw request line: the path, and with it the user id of `/users/<id>/`. User ids are
+    logged only at DEBUG, so such a record keeps one line: the exception's type and status, not its text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError  # noqa: PLC0415 - aiohttp is loaded by then
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "refused a malformed HTTP request: %s (status %s)", (type(exc).__name__, exc.code)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def install_malformed_request_filter() -> None:
+    """Attach MalformedRequestFilter to aiohttp's server logger (idempotent)."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in logger.filters):
+        logger.addFilter(MalformedRequestFilter())
+

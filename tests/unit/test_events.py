@@ -199,3 +199,9 @@ def test_a_recommendation_splits_by_event_ids_each_part_fitting_each_id_once_in_
                for p in parts)
     if fits(record):
         assert parts == [record]
+
+
+def test_a_json_constant_is_rejected_with_one_prefix():
+    with pytest.raises(EventError) as raised:
+        parse_behaviour(b'{"event_id": "e", "user_id": "u", "type": "view", "item_id": "x", "ts": Infinity}')
+    assert str(raised.value) == "not valid JSON: Infinity is not a number"

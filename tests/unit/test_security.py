@@ -142,3 +142,41 @@ def test_the_filter_sits_on_the_kafka_client_loggers_and_folds_their_repeats(cap
         for _ in range(1000):
             logging.getLogger("aiokafka").error("Unable to update metadata from %s", [1])  # aiokafka.client logs here
     assert len([r for r in caplog.records if r.name == "aiokafka"]) == 1
+
+
+def test_a_malformed_request_is_logged_without_its_path(caplog):
+    """aiohttp quotes the raw request line of a request it cannot parse; the path holds a user id, which is logged
+    only at DEBUG: the filter keeps the exception's type and status and drops the text."""
+    import asyncio
+
+    from aiohttp import web
+
+    from stream_app.stream.logfilter import install_malformed_request_filter
+
+    install_malformed_request_filter()
+    install_malformed_request_filter()  # idempotent
+
+    async def scenario() -> bytes:
+        app = web.Application()
+        app.router.add_get("/users/{user}/", lambda request: web.Response(text="ok"))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /users/" + b"SECRETUSER" * 900 + b"/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            answer = await reader.read(100)
+            writer.close()
+            return answer
+        finally:
+            await runner.cleanup()
+
+    with caplog.at_level(logging.DEBUG):
+        answer = asyncio.run(scenario())
+    assert answer.startswith(b"HTTP/1.0 400")
+    logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
+    assert "SECRETUSER" not in logged and "refused a malformed HTTP request: LineTooLong (status 400)" in logged
+    assert len(logging.getLogger("aiohttp.server").filters) == 1
