@@ -219,7 +219,9 @@ async def run_batches(stream: faust.StreamT, parse: Callable[[EventT], Parsed],
     it gave up on, with their reasons; if it raises (a bug), the batch is bisected so only the events that fail on
     their own are dead-lettered. Nothing but cancellation leaves this loop.
     """
+    agent = getattr(current_agent(), "name", "?")
     async for events in stream.take_events(settings.batch_size, within=within or settings.batch_timeout_s):
+        pipeline.metrics.agent_batch_started(agent)
         try:
             good: list[tuple[EventT, Parsed]] = []
             for event in events:
@@ -233,8 +235,9 @@ async def run_batches(stream: faust.StreamT, parse: Callable[[EventT], Parsed],
                 rejected = [(result.item[0], result.reason)] if isinstance(result, Failed) else result
                 for event, reason in rejected:
                     await send_dead_letter(dlq, event, reason)
-            pipeline.metrics.agent_batch_done(getattr(current_agent(), "name", "?"))
+            pipeline.metrics.agent_batch_ended(agent)
         except BaseException:  # cancelled (worker stopping) mid-batch: leave the batch to be redelivered
+            pipeline.metrics.agent_batch_ended(agent, done=False)
             hold(events)
             raise
 

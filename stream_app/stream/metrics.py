@@ -141,6 +141,7 @@ class AgentHealth:
 
     started_at: float | None = None
     last_batch_at: float | None = None
+    batch_started_at: float | None = None  # set while the agent is on a batch
     crashes: deque[float] = field(default_factory=lambda: deque(maxlen=100))
     last_error: str = ""
 
@@ -153,7 +154,8 @@ class Metrics:
                 "encoder_s", "encoder_batch_max", "store_searches", "store_record_calls", "cache_hits")
 
     def __init__(self, top_k: int = setting_default("top_k"), crash_window_s: float = 60.0,
-                 store_stuck_s: float = setting_default("store_timeout_s")) -> None:
+                 store_stuck_s: float = setting_default("store_timeout_s"),
+                 agent_stuck_s: float = setting_default("agent_stuck_s")) -> None:
         self.events = 0
         self.batches = 0
         self.recommendations = 0
@@ -185,6 +187,7 @@ class Metrics:
         self.startup_error: str = ""
         self.ready = False
         self.crash_window_s = crash_window_s
+        self.agent_stuck_s = agent_stuck_s
         self.store_stuck_s = store_stuck_s
         self._calls: dict[int, tuple[str, float, float]] = {}  # id -> (what, started, stuck after s)
         self._call_ids = 0
@@ -261,8 +264,16 @@ class Metrics:
         self.dead_letter_log.clear()
         self.dead_letter_log.extend(kept)
 
-    def agent_batch_done(self, name: str) -> None:
-        self.agents.setdefault(short_name(name), AgentHealth()).last_batch_at = time.time()
+    def agent_batch_started(self, name: str) -> None:
+        """The agent took a batch: until agent_batch_ended, /health watches how long it stays on it."""
+        self.agents.setdefault(short_name(name), AgentHealth()).batch_started_at = time.time()
+
+    def agent_batch_ended(self, name: str, done: bool = True) -> None:
+        """The agent left its batch: served (done) or interrupted (cancelled, to be redelivered)."""
+        health = self.agents.setdefault(short_name(name), AgentHealth())
+        health.batch_started_at = None
+        if done:
+            health.last_batch_at = time.time()
 
     def agent_crashed(self, name: str, exc: BaseException) -> None:
         health = self.agents.setdefault(short_name(name), AgentHealth())
@@ -302,12 +313,18 @@ class Metrics:
         for name, h in sorted(self.agents.items()):
             recent = [t for t in h.crashes if now - t < self.crash_window_s]
             looping = bool(recent) and (h.last_batch_at is None or h.last_batch_at < recent[-1])
-            agents[name] = {"status": "crash-looping" if looping else "ok", "crashes": len(h.crashes),
-                            "crashes_recent": len(recent), "last_error": h.last_error,
-                            "last_batch_s_ago": None if h.last_batch_at is None else round(now - h.last_batch_at, 1)}
+            on_batch = None if h.batch_started_at is None else now - h.batch_started_at
+            stuck = on_batch is not None and on_batch > self.agent_stuck_s
+            agents[name] = {"status": "crash-looping" if looping else "stuck" if stuck else "ok",
+                            "crashes": len(h.crashes), "crashes_recent": len(recent), "last_error": h.last_error,
+                            "last_batch_s_ago": None if h.last_batch_at is None else round(now - h.last_batch_at, 1),
+                            "on_batch_s": None if on_batch is None else round(on_batch, 1)}
             if looping:
                 problems.append(f"agent {name} is crash-looping ({len(recent)} crashes in {self.crash_window_s:.0f}s;"
                                 f" last: {h.last_error})")
+            if stuck:
+                problems.append(f"agent {name} has been on one batch for {on_batch:.0f}s (a step that does not "
+                                "finish, or sends the broker does not take)")
         mono = time.monotonic()
         for what, t0, stuck_after_s in list(self._calls.values()):
             if mono - t0 > stuck_after_s:

@@ -127,7 +127,8 @@ class Pipeline:
         self.rparams = RankParams.from_settings(settings)
         # Co-occurrence, sequence and popularity of the whole stream, fed (and replaced on start) by stream_app.stream.replica.
         self.collab = CollabState()
-        self.metrics = Metrics(top_k=settings.top_k, store_stuck_s=settings.store_timeout_s)
+        self.metrics = Metrics(top_k=settings.top_k, store_stuck_s=settings.store_timeout_s,
+                               agent_stuck_s=settings.agent_stuck_s)
         self.last_recommendations: OrderedDict[str, Recommendation] = OrderedDict()
         # One thread for the encoder: onnxruntime parallelises inside a run and releases the GIL.
         self._encoder_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")

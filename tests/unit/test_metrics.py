@@ -89,7 +89,7 @@ def test_health_is_not_ok_until_ready_and_while_an_agent_crash_loops():
     h = m.health()
     assert not h["ok"] and h["agents"]["process_behaviour"]["status"] == "crash-looping"
     assert "model missing" in h["problems"][0]
-    m.agent_batch_done("stream_app.stream.app.process_behaviour")  # it works again
+    m.agent_batch_ended("stream_app.stream.app.process_behaviour")  # it works again
     assert m.health()["ok"]
     m.startup_error = "pipeline failed to start: FileNotFoundError: model.onnx"
     assert m.health()["problems"] == [m.startup_error]
@@ -193,3 +193,18 @@ def test_counters_move_only_through_count_and_only_known_ones():
     assert (m.events, m.batches) == (3, 1)
     with pytest.raises(ValueError, match="unknown counter"):
         m.count("evnets")
+
+
+def test_an_agent_on_one_batch_too_long_is_unhealthy_until_it_leaves_it():
+    m = Metrics(agent_stuck_s=0.0)
+    m.ready = True
+    m.agent_batch_started("stream_app.stream.app.process_behaviour")
+    time.sleep(0.01)
+    health = m.health()
+    assert health["agents"]["process_behaviour"]["status"] == "stuck"
+    assert any("process_behaviour has been on one batch" in p for p in health["problems"])
+    m.agent_batch_ended("stream_app.stream.app.process_behaviour")
+    assert m.health()["ok"] and m.health()["agents"]["process_behaviour"]["on_batch_s"] is None
+    m.agent_batch_started("stream_app.stream.app.index_items")
+    m.agent_batch_ended("stream_app.stream.app.index_items", done=False)  # cancelled: not a served batch
+    assert m.health()["ok"] and m.health()["agents"]["index_items"]["last_batch_s_ago"] is None
