@@ -63,10 +63,10 @@ def text_alone(data, emb: np.ndarray, settings: Settings) -> None:
           "| centred on | cosine with the dataset's mean | slots | NDCG@10 | HR@10 | HR@50 |\n|---|---:|---|---:|---:|---:|")
     for name, mean in means.items():
         vectors = emb if not mean.any() else centred(emb, mean)
-        cos = float(mean @ own / np.linalg.norm(mean)) if mean.any() else float("nan")
+        cos = f"{float(mean @ own / np.linalg.norm(mean)):.3f}" if mean.any() else "–"
         for slots in sorted({1, ip.max_slots}):
             m = blend_metrics(record(data, vectors, "standard", replace(ip, max_slots=slots), None, rp), text_only)
-            print(f"| {name} | {cos:.3f} | {slots} at {ip.slot_threshold} | {m['ndcg@10']:.4f} | {m['hr@10']:.4f} | "
+            print(f"| {name} | {cos} | {slots} at {ip.slot_threshold} | {m['ndcg@10']:.4f} | {m['hr@10']:.4f} | "
                   f"{m['hr@50']:.4f} |", flush=True)
 
 
