@@ -308,7 +308,8 @@ def list_title(title: str) -> str:
 
 def split_by_event_ids(record: dict[str, Any], fits: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
     """The recommendation record as one or more records that each `fits` (the encoded size is under the limit):
-    the same list, each carrying a consecutive part of `event_ids`, in order. One user's batch may hold up to
+    the same list, each carrying a consecutive part of `event_ids`, in order, and as `event_id` the last of its
+    part. One user's batch may hold up to
     batch_size events with ids of up to MAX_ID_LENGTH characters (~3 KB each once JSON-escaped), so a list can
     answer more ids than one message holds; every id stays in exactly one record, so a consumer that accounts
     for events by `event_ids` still sees each once. A record that does not fit even with a single id is returned
@@ -317,4 +318,4 @@ def split_by_event_ids(record: dict[str, Any], fits: Callable[[dict[str, Any]], 
         return [record]
     half = len(record["event_ids"]) // 2
     return [part for ids in (record["event_ids"][:half], record["event_ids"][half:])
-            for part in split_by_event_ids({**record, "event_ids": ids}, fits)]
+            for part in split_by_event_ids({**record, "event_ids": ids, "event_id": ids[-1]}, fits)]

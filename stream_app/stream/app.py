@@ -157,14 +157,15 @@ def too_large(exc: BaseException | None) -> bool:
 
 
 async def send_reliably(topic: faust.TopicT, key: Any, value: Any, what: str,
-                        fallback: Callable[[], Any] | None = None) -> None:
+                        fallback: Callable[[], Any] | None = None, raise_too_large: bool = False) -> None:
     """Send and wait until the broker has it, retrying with backoff for as long as it takes.
 
     After three failed attempts, or at once when the value is too large to send, the value is replaced by
     fallback() when given (a DLQ record without the copied value, the smallest record there is). An outage blocks
-    the agent here, so no offset moves past the message. A value too large to send and without a fallback is the
-    one failure that is not retried: it raises (the caller dead-letters what produced it), since no retry can
-    ever send it and the agent would wait on it for good.
+    the agent here, so no offset moves past the message (/health reports the agent stuck after
+    STREAM_APP_AGENT_STUCK_S). With raise_too_large, a value too large to send is not retried: it raises (the
+    caller dead-letters what produced it), since no retry can ever send it; without it (DLQ records, whose
+    fallback is a few KB) such a send keeps being retried rather than lose the record.
     """
     attempt = 0
     while True:
@@ -175,7 +176,7 @@ async def send_reliably(topic: faust.TopicT, key: Any, value: Any, what: str,
             raise
         except Exception as exc:  # noqa: BLE001 - retried; the agent must not die on a send
             attempt += 1
-            if too_large(exc) and fallback is None:
+            if too_large(exc) and fallback is None and raise_too_large:
                 raise
             if (attempt == 3 or too_large(exc)) and fallback is not None:
                 value, fallback = fallback(), None
@@ -259,33 +260,19 @@ async def index_items(stream: faust.StreamT) -> None:
 
 
 async def handle_items_batch(parsed: list[tuple[EventT, ItemEvent]]) -> list[tuple[EventT, str]]:
-    """Keep each item's last message of the batch, skip it if unchanged, index the rest (encoder + store, retried
-    and bisected), then record fingerprints.
+    """Index each item's last message of the batch unless it is unchanged (encoder + store, retried and bisected),
+    then record fingerprints.
 
-    The last message for an item decides, as if the batch's messages had come one by one: an earlier one is
-    superseded, never compared against the stored fingerprint on its own (a deletion followed by the unchanged
-    item must leave the item in place; an edit followed by the original must leave the original). Items are keyed
-    by item_id, so one item's messages keep their order within a partition.
+    The result is as if the batch's messages had come one by one: the last message for an item decides, and an
+    earlier one is superseded, never compared with the stored fingerprint on its own (a deletion followed by the
+    unchanged item leaves the item in place; an edit followed by the original leaves the original). If the last
+    one cannot be indexed it is dead-lettered and the one before it is tried, as one by one it would have been
+    applied first. Items are keyed by item_id, so one item's messages keep their order within a partition.
     """
-    latest: dict[str, tuple[EventT, ItemEvent]] = {}
+    versions: dict[str, list[tuple[EventT, ItemEvent]]] = {}
     for event, item in parsed:
-        if latest.pop(item.item_id, None) is not None:
-            pipeline.metrics.count("items_superseded")
-        latest[item.item_id] = (event, item)
-    changed = []  # (event, item, fingerprint or None for a deletion)
-    for event, item in latest.values():
-        if item.deleted:
-            changed.append((event, item, None))
-            continue
-        fp = item_fingerprint(item).encode()
-        with event_context(event):
-            unchanged = item_fingerprints.get(item.item_id) == fp
-        if unchanged:
-            pipeline.metrics.count("items_unchanged")
-        else:
-            changed.append((event, item, fp))
-    if not changed:
-        return []
+        versions.setdefault(item.item_id, []).append((event, item))
+    pipeline.metrics.count("items_superseded", len(parsed) - len(versions))
 
     async def index(rows: list[tuple[EventT, ItemEvent, bytes | None]]) -> list[None]:
         # Encoded once; written to the shared server store, or published to item-vectors for every worker's
@@ -294,18 +281,35 @@ async def handle_items_batch(parsed: list[tuple[EventT, ItemEvent]]) -> list[tup
                             None if settings.qdrant_url else send_item_vector)
         return [None] * len(rows)
 
-    outcome = await process_resilient(index, changed, policy, "indexing items")
     rejected = []
-    # Only after the store took them, so a crash in between re-indexes on replay instead of skipping.
-    for (event, item, fp), result in zip(changed, outcome):
-        if isinstance(result, Failed):
-            rejected.append((event, result.reason))
-            continue
-        with event_context(event):
-            if fp is None:
-                item_fingerprints.pop(item.item_id, None)
+    while versions:
+        changed = []  # (event, item, fingerprint or None for a deletion)
+        for event, item in (messages[-1] for messages in versions.values()):
+            if item.deleted:
+                changed.append((event, item, None))
+                continue
+            fp = item_fingerprint(item).encode()
+            with event_context(event):
+                unchanged = item_fingerprints.get(item.item_id) == fp
+            if unchanged:
+                pipeline.metrics.count("items_unchanged")
             else:
-                item_fingerprints[item.item_id] = fp
+                changed.append((event, item, fp))
+        outcome = await process_resilient(index, changed, policy, "indexing items") if changed else []
+        earlier: dict[str, list[tuple[EventT, ItemEvent]]] = {}
+        # Only after the store took them, so a crash in between re-indexes on replay instead of skipping.
+        for (event, item, fp), result in zip(changed, outcome):
+            if isinstance(result, Failed):
+                rejected.append((event, result.reason))
+                if len(versions[item.item_id]) > 1:  # fall back to the message before it
+                    earlier[item.item_id] = versions[item.item_id][:-1]
+                continue
+            with event_context(event):
+                if fp is None:
+                    item_fingerprints.pop(item.item_id, None)
+                else:
+                    item_fingerprints[item.item_id] = fp
+        versions = earlier
     return rejected
 
 
@@ -501,7 +505,7 @@ async def send_recommendations(recs: dict[str, Any], plans: dict[str, UserBatch]
             raise
         except Exception:  # noqa: BLE001 - the list is sent again until the broker has it
             try:
-                await send_reliably(recommendations_topic, user_id, part, "a recommendation")
+                await send_reliably(recommendations_topic, user_id, part, "a recommendation", raise_too_large=True)
             except Exception as exc:  # noqa: BLE001 - only a record too large to send ever gets here
                 unsent.add(user_id)
                 reason = (f"applied to the user's state, but its recommendation could not be sent: "

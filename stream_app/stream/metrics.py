@@ -214,9 +214,13 @@ class Metrics:
         """The pipeline could not start: /health answers 503 with this reason until it does."""
         self.startup_error = reason
 
-    def observe_state(self, *, catalogue_size: int | None, users: int | None) -> None:
-        """The stores' sizes (the catalogue's point count, the user-state table's key estimate)."""
-        self.catalogue_size, self.users = catalogue_size, users
+    def observe_catalogue_size(self, points: int) -> None:
+        """The catalogue's size: the vector store's point count."""
+        self.catalogue_size = points
+
+    def observe_users(self, users: int | None) -> None:
+        """The user-state table's size (RocksDB's key estimate; None when unknown)."""
+        self.users = users
 
     def observe_lag(self, lag: dict[str, int]) -> None:
         """Consumer lag per input partition ("topic:partition" -> messages behind)."""

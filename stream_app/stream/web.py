@@ -392,8 +392,8 @@ def register_pages(app: faust.App, pipeline: Pipeline, user_state: faust.types.T
             state["last_state_refresh"], state["catalogue_writes"] = now, writes
             try:
                 with m.store_call("count"):
-                    catalogue_size = await pipeline.store.count()
-                m.observe_state(catalogue_size=catalogue_size, users=table_size(user_state))
+                    m.observe_catalogue_size(await pipeline.store.count())
+                m.observe_users(table_size(user_state))
                 if state["admin"] is None:
                     from aiokafka.admin import AIOKafkaAdminClient
 

@@ -179,13 +179,43 @@ class TooLargeTopic(FakeTopic):
 
 def test_a_value_too_large_is_not_retried_forever():
     """No retry can send a value over the size limit: with a fallback (a DLQ record without the copy) it is used
-    at once; without one send_reliably raises instead of blocking the agent for good."""
+    at once; for a recommendation (raise_too_large) send_reliably raises instead of blocking the agent for good."""
     big = {"value_text": "x" * 5000}
     dlq = TooLargeTopic(limit=1000)
     asyncio.run(agent.send_reliably(dlq, b"k", big, "a dead letter", fallback=lambda: {"value_text": None}))
     assert dlq.delivered == [(b"k", {"value_text": None})] and dlq.attempts == 2
     recs = TooLargeTopic(limit=1000)
     with pytest.raises(Exception) as raised:
-        asyncio.run(agent.send_reliably(recs, "u", big, "a recommendation"))
+        asyncio.run(agent.send_reliably(recs, "u", big, "a recommendation", raise_too_large=True))
     assert agent.too_large(raised.value) and recs.attempts == 1 and recs.delivered == []
     assert not agent.too_large(RuntimeError("broker down"))
+
+
+def item_event(offset: int, obj: dict) -> tuple[FakeEvent, object]:
+    from stream_app.core.events import parse_item
+
+    value = json.dumps(obj).encode()
+    return FakeEvent(Message("items", 0, offset, 1767225600.0, 0, None, obj["item_id"].encode(), value, None)), \
+        parse_item(value)
+
+
+@pytest.mark.parametrize("titles, stored, dead", [
+    (["v1", "v2"], "v2", []),  # the last decides, the earlier is superseded
+    (["v1", "BAD"], "v1", [1]),  # the last cannot be indexed: dead-lettered, the one before it is applied
+    (["BAD", "v2"], "v2", []),  # superseded, never tried
+    (["BAD", "BAD", "v3", "BAD"], "v3", [3]),
+])
+def test_an_items_batch_ends_as_if_its_messages_came_one_by_one(monkeypatch, titles, stored, dead):
+    store: dict[str, str] = {}
+
+    async def publish(pipeline, items, send):
+        if any(item.title == "BAD" for item, _ in items):
+            raise ValueError("the encoder cannot encode this one")
+        store.update((item.item_id, item.title) for item, _ in items)
+
+    monkeypatch.setattr(agent, "publish_items", publish)
+    monkeypatch.setattr(agent, "item_fingerprints", {})
+    rejected = asyncio.run(agent.handle_items_batch(
+        [item_event(n, {"item_id": "x", "title": title}) for n, title in enumerate(titles)]))
+    assert store == {"x": stored}
+    assert [e.message.offset for e, _ in rejected] == dead
