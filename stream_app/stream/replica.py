@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from stream_app.core import signal_state
-from stream_app.core.events import EventError, ItemEvent, MessageMeta, parse_behaviour
+from stream_app.core.events import FORGET, EventError, ItemEvent, MessageMeta, parse_behaviour
 from stream_app.adapters.kafka_security import client_kwargs
 from stream_app.adapters.vectorstore import ItemRecord
 
@@ -344,6 +344,9 @@ class Replicas:
                     events.append(parse_behaviour(msg.value, MessageMeta(msg.key, msg.timestamp / 1000.0)))
                 except EventError:  # the behaviour agent dead-letters it; the signal skips it
                     self.skipped += 1
+            for e in events:
+                if e.type == FORGET:  # every worker drops what it keeps of the user, not only the owner
+                    self.pipeline.forget_user(e.user_id)
             known = await self.pipeline.item_vectors_for(sorted({e.item_id for e in events if e.item_id}))
             usable = [e for e in events if not e.item_id or e.item_id in known]
             self.skipped += len(events) - len(usable)

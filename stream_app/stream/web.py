@@ -69,44 +69,44 @@ async def explain_user(pipeline: Pipeline, raw_state: bytes | None, user_id: str
     """A user's interest slots, recent items with their attention per slot, and the last list with score parts."""
     out: dict[str, Any] = {"user_id": user_id, "known": raw_state is not None}
     state = decode_state(raw_state) if raw_state else None
-    rec = pipeline.last_recommendations.get(user_id)
-    if state is None and rec is None:
+    # No state, no list: a user forgotten (or never seen) is shown nothing, even if this worker still held a list
+    # it sent when it owned the user's partition.
+    if state is None:
         return out
-    slot_vecs, slot_weights = (interest_vectors(state, state.last_ts, pipeline.params) if state is not None
-                               else (None, []))
-    recent = consumed_items(state)[-RECENT_SHOWN:] if state is not None else []
+    rec = pipeline.last_recommendations.get(user_id)
+    slot_vecs, slot_weights = interest_vectors(state, state.last_ts, pipeline.params)
+    recent = consumed_items(state)[-RECENT_SHOWN:]
     rec_ids = [i["item_id"] for i in rec.items] if rec is not None else []
     records = await pipeline.records_for(sorted(set(recent) | set(rec_ids))) if pipeline.store else {}
     vectors = {i: r.vector for i, r in records.items()}
     # The list's titles (cut to LIST_TITLE_CHARS) only for items the store no longer holds.
     titles = {i["item_id"]: i.get("title", "") for i in (rec.items if rec else []) if i.get("title")}
     titles.update({i: r.payload.get("title", "") for i, r in records.items()})
-    if state is not None:
-        shown = [i for i in recent if i in vectors]
-        att = attention_weights(np.stack([vectors[i] for i in shown]) if shown else np.zeros((0, state.dim)),
-                                slot_vecs, pipeline.params.temperature)
-        behaviours = []
-        for n, item_id in enumerate(reversed(recent)):
-            row = {"item_id": item_id, "title": titles.get(item_id, ""), "attention": None, "slot": None}
-            if item_id in vectors and len(slot_weights):
-                a = att[shown.index(item_id)]
-                cos = slot_vecs @ vectors[item_id] / max(float((vectors[item_id] ** 2).sum()) ** 0.5, 1e-12)
-                row.update(attention=[round(float(x), 4) for x in a], slot=int(cos.argmax()))
-            behaviours.append(row)
-        out.update({
-            "events": state.n_events,
-            "last_ts": state.last_ts,
-            "slots": state.n_slots,
-            "usable_slot_weights": [round(float(w), 4) for w in slot_weights],
-            "recent_items": consumed_items(state)[-RECENT_SHOWN:],
-            "behaviours": behaviours,
-            "attention_note": "a_jk = softmax over the recent items shown of cos(e_j, u_k)/tau, per slot k "
-                              "(the slot's current interest as the query; type weights and age decay are folded "
-                              "into the state's sums and not kept per event)",
-        })
+    shown = [i for i in recent if i in vectors]
+    att = attention_weights(np.stack([vectors[i] for i in shown]) if shown else np.zeros((0, state.dim)),
+                            slot_vecs, pipeline.params.temperature)
+    behaviours = []
+    for n, item_id in enumerate(reversed(recent)):
+        row = {"item_id": item_id, "title": titles.get(item_id, ""), "attention": None, "slot": None}
+        if item_id in vectors and len(slot_weights):
+            a = att[shown.index(item_id)]
+            cos = slot_vecs @ vectors[item_id] / max(float((vectors[item_id] ** 2).sum()) ** 0.5, 1e-12)
+            row.update(attention=[round(float(x), 4) for x in a], slot=int(cos.argmax()))
+        behaviours.append(row)
+    out.update({
+        "events": state.n_events,
+        "last_ts": state.last_ts,
+        "slots": state.n_slots,
+        "usable_slot_weights": [round(float(w), 4) for w in slot_weights],
+        "recent_items": consumed_items(state)[-RECENT_SHOWN:],
+        "behaviours": behaviours,
+        "attention_note": "a_jk = softmax over the recent items shown of cos(e_j, u_k)/tau, per slot k "
+                          "(the slot's current interest as the query; type weights and age decay are folded "
+                          "into the state's sums and not kept per event)",
+    })
     if rec is not None:
         out["last_recommendation"] = {"strategy": rec.strategy, "slot_weights": rec.slot_weights, "items": rec.items}
-        recent_all = consumed_items(state) if state is not None else []
+        recent_all = consumed_items(state)
         recent_vecs = {i: vectors[i] for i in recent if i in vectors}
         why = []
         for item in rec.items:

@@ -207,5 +207,19 @@ def test_two_workers_catalogue_lists_routing_counters_and_failover(two_workers):
     assert after["signal"]["events_counted"] == reference.collab.events
     assert 0 < after["signal"]["counted_since_start"] < reference.collab.events  # only the tail was replayed
     assert_same_counters(get_json(f"{b.web}/replicas/counters/?top=1000"), reference)
+
+    # --- forget a mover once b owns it again: a, which served it during the failover, drops what it kept too (its
+    # last list on the dashboard and the user page), not only the owner that deletes the state (found by a hostile
+    # test: a kept showing the forgotten user's list and, after a second failover, served it on /users/<id>/)
+    wait_until(lambda: set(replicas(b)["behaviour_partitions"]) == set(owned_by_b), 120, "b's partitions", b.proc)
+    gone = movers[0]
+    assert gone in json.dumps(get_json(f"{a.web}/api/dashboard"))
+    forget = {"event_id": f"{gone}-forget", "user_id": gone, "type": "forget", "ts": BASE_TS + 7200}
+    asyncio.run(produce(bootstrap, a.topic("behaviour"), [(gone, as_json(forget))]))
+    wait_until(lambda: gone not in json.dumps(get_json(f"{a.web}/api/dashboard")), 60, "the forget on a", a.proc)
+    wait_until(lambda: (get_json(f"{b.web}/users/{gone}/") or {}).get("known") is False, 60, "the forget on b", b.proc)
+    for w in (a, b):
+        view = get_json(f"{w.web}/users/{gone}/")
+        assert view is not None and not view["known"] and "last_recommendation" not in view, (w.web, view)
     print(f"\nall users (incl. {len(movers)} on the killed worker) served again {served_after_s:.1f} s after the "
           f"SIGKILL; top-5 shares {shares}")
