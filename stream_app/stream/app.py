@@ -27,6 +27,7 @@ from stream_app.core.events import (DLQ_KEY_CHARS, FORGET, BehaviourEvent, Event
                                dead_letter, parse_behaviour, parse_item, split_by_event_ids)
 from stream_app.core.interest import UserState, decode_state, encode_state, event_digest, new_state, remember_events
 from stream_app.adapters.kafka_security import client_kwargs, faust_credentials
+from stream_app.stream.offsets import OffsetGuard
 from stream_app.stream.logfilter import install_connection_error_filter, install_malformed_request_filter
 from stream_app.stream.pipeline import Pipeline, UnknownItem, item_fingerprint
 from stream_app.stream.replica import Replicas, publish_items, register_replica_pages
@@ -236,11 +237,33 @@ async def run_batches(stream: faust.StreamT, parse: Callable[[EventT], Parsed],
                 rejected = [(result.item[0], result.reason)] if isinstance(result, Failed) else result
                 for event, reason in rejected:
                     await send_dead_letter(dlq, event, reason)
+            await reread_skipped(events)
             pipeline.metrics.agent_batch_ended(agent)
         except BaseException:  # cancelled (worker stopping) mid-batch: leave the batch to be redelivered
             pipeline.metrics.agent_batch_ended(agent, done=False)
             hold(events)
             raise
+
+
+offset_guard = OffsetGuard()
+
+
+@app.on_partitions_assigned.connect
+async def _partitions_assigned(sender: faust.App, assigned: set[Any], **kwargs: Any) -> None:
+    offset_guard.assigned(assigned)
+
+
+async def reread_skipped(events: Sequence[EventT]) -> None:
+    """After a served batch: if Faust skipped offsets of a partition (stream_app.stream.offsets), seek back so the
+    skipped messages are delivered again."""
+    seen: dict[Any, list[int]] = defaultdict(list)
+    for event in events:
+        seen[event.message.tp].append(event.message.offset)
+    # Faust's own record of each partition's committed offset (private; faust-streaming 0.15.3 is pinned)
+    committed = getattr(app.consumer, "_committed_offset", {})
+    for tp, offset in offset_guard.check(seen, committed).items():
+        log.warning("offsets of %s[%d] skipped from %d: seeking back to re-read them", tp.topic, tp.partition, offset)
+        await app.consumer.seek(tp, offset)
 
 
 async def _as_results(process: Callable[[list[Any]], Awaitable[list[tuple[EventT, str]]]],

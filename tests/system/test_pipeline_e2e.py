@@ -62,9 +62,10 @@ def worker(kafka_bootstrap: str, tmp_path_factory) -> Iterator[Worker]:
         w.stop()
 
 
-async def play_and_collect(w: Worker, events: list[dict], timeout: float = 60, burst: bool = False) -> list[dict]:
+async def play_and_collect(w: Worker, events: list[dict], timeout: float = 60, burst: bool = False,
+                           every: bool = False) -> list[dict]:
     """Send behaviour events (50 ms apart, or all at once with burst), return the recommendations that follow until
-    each user's last event is answered.
+    each user's last event is answered (with every: until every event is).
 
     The worker sends one list per user per batch, so several events of a user can share one recommendation.
     """
@@ -83,7 +84,7 @@ async def play_and_collect(w: Worker, events: list[dict], timeout: float = 60, b
         for e in [] if burst else events:
             await produce(bootstrap, w.topic("behaviour"), [(e["user_id"], as_json(e))])
             await asyncio.sleep(0.05)
-        waiting = {e["event_id"] for e in {e["user_id"]: e for e in events}.values()}
+        waiting = {e["event_id"] for e in (events if every else {e["user_id"]: e for e in events}.values())}
         got: list[dict] = []
         async with asyncio.timeout(timeout):
             async for msg in consumer:
