@@ -11,12 +11,20 @@ an agent sees is a message Faust skipped. OffsetGuard keeps, per partition, the 
 (from the group's committed offset when the partition is assigned), and when a batch starts past it, or has a
 hole, names the offset to seek back to: the skipped message comes again, and those after it are redeliveries
 (the user-state table's event-id dedupe recognises them; items are re-indexed only if changed).
+
+An offset that is still missing after MAX_SEEKS seeks back to it is taken as really absent (a topic an operator
+made compacted, or a retention that deleted it while the group was away) and passed over, so a real gap never
+makes the agent seek forever.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Hashable
+
+log = logging.getLogger(__name__)
+MAX_SEEKS = 3  # seeks back to one missing offset before it is taken as absent from the topic
 
 
 class OffsetGuard:
@@ -24,11 +32,13 @@ class OffsetGuard:
 
     def __init__(self) -> None:
         self.next: dict[Hashable, int] = {}
+        self.seeks: dict[Hashable, tuple[int, int]] = {}  # partition -> (missing offset, seeks back to it so far)
 
     def assigned(self, partitions: Iterable[Hashable]) -> None:
         """The partitions are (re)assigned: their next offset comes from the committed offset again."""
         for tp in partitions:
             self.next.pop(tp, None)
+            self.seeks.pop(tp, None)
 
     def check(self, offsets: Mapping[Hashable, Iterable[int]], committed: Mapping[Hashable, int | None]
               ) -> dict[Hashable, int]:
@@ -43,14 +53,22 @@ class OffsetGuard:
                 start = committed.get(tp)
                 expected = start if start is not None and start <= seen[0] else seen[0]
             ahead = [o for o in seen if o >= expected]
-            missing = None
             if ahead and ahead[0] > expected:
-                missing = expected
+                missing: int | None = expected
             else:
                 missing = next((a + 1 for a, b in zip(ahead, ahead[1:]) if b > a + 1), None)
-            if missing is not None:
+            sought, tried = self.seeks.get(tp, (None, 0))
+            tried = tried if sought == missing else 0
+            if missing is not None and tried >= MAX_SEEKS:  # really absent: pass over it
+                log.warning("offset %d of %s is still missing after %d seeks back: taken as absent from the topic "
+                            "(compaction or retention)", missing, tp, tried)
+                self.seeks.pop(tp, None)
+                self.next[tp] = ahead[-1] + 1
+            elif missing is not None:
                 seeks[tp] = missing
+                self.seeks[tp] = (missing, tried + 1)
                 self.next[tp] = missing
             else:
+                self.seeks.pop(tp, None)
                 self.next[tp] = max(expected, ahead[-1] + 1) if ahead else expected
         return seeks

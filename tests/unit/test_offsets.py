@@ -31,3 +31,16 @@ def test_redeliveries_below_the_expected_offset_change_nothing_and_partitions_ar
     assert guard.check({"b": [1]}, {}) == {}
     guard.assigned(["a"])  # reassigned: starts again from the committed offset (or the first seen)
     assert guard.check({"a": [40]}, {"a": None}) == {}
+
+
+def test_an_offset_still_missing_after_max_seeks_is_passed_over():
+    """A real gap (a compacted topic, a retention that deleted offsets while the group was away) must not make the
+    agent seek forever: after MAX_SEEKS seeks back to the same offset it is taken as absent."""
+    from stream_app.stream.offsets import MAX_SEEKS
+
+    guard = OffsetGuard()
+    assert guard.check({"p": [100]}, {"p": 100}) == {}
+    for _ in range(MAX_SEEKS):
+        assert guard.check({"p": [105, 106]}, {}) == {"p": 101}  # 101-104 were compacted away
+    assert guard.check({"p": [105, 106]}, {}) == {}
+    assert guard.check({"p": [107]}, {}) == {}
