@@ -263,7 +263,11 @@ async def reread_skipped(events: Sequence[EventT]) -> None:
     committed = getattr(app.consumer, "_committed_offset", {})
     for tp, offset in offset_guard.check(seen, committed).items():
         log.warning("offsets of %s[%d] skipped from %d: seeking back to re-read them", tp.topic, tp.partition, offset)
-        await app.consumer.seek(tp, offset)
+        try:
+            await app.consumer.seek(tp, offset)
+        except Exception as exc:  # noqa: BLE001 - e.g. the partition was revoked meanwhile: its new owner starts
+            # from the committed offset; the batch itself was served and must still be acked
+            log.warning("seek of %s[%d] back to %d failed: %s", tp.topic, tp.partition, offset, exc)
 
 
 async def _as_results(process: Callable[[list[Any]], Awaitable[list[tuple[EventT, str]]]],
