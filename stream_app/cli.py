@@ -91,13 +91,18 @@ def encode_command(texts: list[str], model: str | None, fp32: bool) -> int:
     import time
 
     from stream_app.adapters.encoder import load_encoder
-    from stream_app.settings import Settings
+    from stream_app.stream.startup import StartupError, load_settings
 
     overrides: dict[str, object] = {"encoder_int8": False} if fp32 else {}
     if model:
         overrides["model_name"] = model
-    settings = Settings(**overrides)
-    encoder = load_encoder(settings)
+    try:
+        settings = load_settings(cached=False).model_copy(update=overrides)
+        encoder = load_encoder(settings)
+    except StartupError as exc:
+        return fail(str(exc), exc.exit_code)
+    except (OSError, ValueError) as exc:  # e.g. an unknown model
+        return fail(str(exc))
     encoder.encode(texts[:1])  # warm-up: first run allocates
     t0 = time.perf_counter()
     vectors = encoder.encode(texts)

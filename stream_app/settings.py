@@ -19,7 +19,8 @@ def default_model_cache() -> Path:
 class Settings(BaseSettings):
     """Every knob of the service; `STREAM_APP_<FIELD>` overrides each one (e.g. STREAM_APP_KAFKA_BOOTSTRAP)."""
 
-    model_config = SettingsConfigDict(env_prefix="STREAM_APP_", extra="ignore", frozen=True)
+    # allow_inf_nan=False: an inf or NaN weight, threshold or timeout is rejected at start, not served.
+    model_config = SettingsConfigDict(env_prefix="STREAM_APP_", extra="ignore", frozen=True, allow_inf_nan=False)
 
     # --- Kafka / Faust -----------------------------------------------------------------------
     kafka_bootstrap: str = "127.0.0.1:9092"
@@ -101,13 +102,13 @@ class Settings(BaseSettings):
     decay_per_hour: float = Field(0.01, ge=0, description="lambda: log-weight lost per hour of age.")
     max_slots: int = Field(3, ge=1, description="Interest vectors per user.")
     slot_threshold: float = Field(0.35, description="Cosine below which an event opens a new interest slot. On MiniLM's cosine scale; multilingual-e5-small puts every pair of the sample catalogue above 0.68, so with it no second slot opens there (README, Limits known today; benchmarks/interest_slots.py).")
-    weight_view: float = 1.0
-    weight_click: float = 1.5
-    weight_search: float = 1.5
-    weight_review: float = 2.0
-    weight_cart: float = 3.0
-    weight_purchase: float = 5.0
-    weight_dislike: float = 2.0
+    weight_view: float = Field(1.0, gt=0)
+    weight_click: float = Field(1.5, gt=0)
+    weight_search: float = Field(1.5, gt=0)
+    weight_review: float = Field(2.0, gt=0)
+    weight_cart: float = Field(3.0, gt=0)
+    weight_purchase: float = Field(5.0, gt=0)
+    weight_dislike: float = Field(2.0, gt=0)
     recent_items: int = Field(100, ge=1, description="Recent item ids kept per user: the items the co-occurrence and sequence scores start from, and the explanations (exclusions are a separate set of every excluded item).")
 
     # --- Recommendation ------------------------------------------------------------------------

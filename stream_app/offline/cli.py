@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -111,6 +112,14 @@ def markdown_table(dataset: str, mode: str, protocol: str, run: dict) -> str:
     return "\n".join(lines)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of `stream-app eval`."""
     p = argparse.ArgumentParser(prog="stream-app eval", description="Offline replay evaluation (leave-one-out, full ranking).")
@@ -118,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["standard", "streaming", "both"], default="both")
     p.add_argument("--protocol", choices=[*PROTOCOLS, "both"], default="both",
                    help="all test targets, cold-item targets only, or both (one replay serves both)")
-    p.add_argument("--cold-threshold", type=int, default=COLD_THRESHOLD,
+    p.add_argument("--cold-threshold", type=positive_int, default=COLD_THRESHOLD,
                    help="cold-item targets: items with fewer earlier interactions than this")
     p.add_argument("--model", help="encoder model name (default: settings.model_name)")
     p.add_argument("--json", type=Path, help="write the results as JSON here")
@@ -130,15 +139,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`stream-app eval`: replay a dataset, print markdown tables, optionally write JSON; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    """`stream-app eval`: replay a dataset, print markdown tables, optionally write JSON; returns the exit code.
+    A bad dataset, setting or path ends in one `stream-app: error:` line (exit 2 for settings and arguments, 1
+    for data), not a traceback."""
+    from stream_app.stream.startup import StartupError, load_settings  # noqa: PLC0415 - one-line setting errors
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.json is not None:  # checked (and created) before minutes of replay, not after
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            with open(args.json, "a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            parser.error(f"--json {args.json}: cannot write there ({exc.strerror or exc})")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = Settings(model_name=args.model) if args.model else Settings()
+    try:
+        settings = load_settings(cached=False)
+        if args.model:
+            settings = settings.model_copy(update={"model_name": args.model})
+        return run(args, settings)
+    except StartupError as exc:
+        return _fail(str(exc), exc.exit_code)
+    except (OSError, ValueError, OverflowError) as exc:  # a dataset or model that cannot be read
+        return _fail(str(exc), 1)
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"stream-app: error: {message}\n")
+    return code
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """The evaluation proper (main with the arguments and settings checked)."""
     t0, c0 = time.perf_counter(), time.process_time()
     data = load_dataset(args.dataset)
+    if len(data.items) == 0:
+        raise ValueError(f"{data.name} has no interaction")
     emb = item_embeddings(data, settings)
     log.info("dataset %s and %d embeddings ready in %.1fs", data.name, len(emb), time.perf_counter() - t0)
+    if args.tune is not None and not queries_for(data, leave_one_out(data), "valid", "standard")[0]:
+        raise ValueError(f"{data.name} has no validation target to tune on: users need at least 3 interactions")
     if args.tune:
         from stream_app.offline.tuning import tune  # noqa: PLC0415 - only for --tune
 
@@ -150,7 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     for mode in modes:
         t1, c1 = time.perf_counter(), time.process_time()
         res = evaluate(data, emb, settings, mode, progress=not args.no_progress, cold_threshold=args.cold_threshold)
+        if res["all"]["targets"] == 0:
+            raise ValueError(f"{data.name} has no test target: leave-one-out needs users with at least 3 interactions")
         for protocol in protocols:
+            if res[protocol]["targets"] == 0:
+                print(f"**{data.name}, {mode}, {protocol}**: no {protocol} test target (no table)\n")
+                continue
             print(markdown_table(data.name, mode, protocol, res[protocol]) + "\n")
         print(f"{mode}: {time.perf_counter() - t1:.1f}s wall, {time.process_time() - c1:.1f}s CPU\n")
         chosen = {p: res[p] for p in protocols}

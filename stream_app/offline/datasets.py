@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import logging
 import subprocess
 import sys
@@ -135,9 +137,15 @@ def read_atomic(folder: Path, name: str | None = None) -> Interactions:
             item_ids.append(iid)
             texts.append("")
         items[n] = index[iid]
-        stamps[n] = float(row[ti])
-        if ratings is not None and row[ri].strip():
-            ratings[n] = float(row[ri])
+        line = n + 2  # the header is line 1
+        try:
+            stamps[n] = float(row[ti])
+            if ratings is not None and row[ri].strip():
+                ratings[n] = float(row[ri])
+        except ValueError as exc:
+            raise ValueError(f"{name}.inter line {line}: {exc}") from None
+        if not math.isfinite(stamps[n]) or (ratings is not None and np.isinf(ratings[n])):
+            raise ValueError(f"{name}.inter line {line}: timestamp and rating must be finite numbers")
     texts = [t or f"item {iid}" for t, iid in zip(texts, item_ids)]
 
     order = np.argsort(stamps, kind="stable")  # stable: equal timestamps keep file order

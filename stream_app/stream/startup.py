@@ -31,14 +31,15 @@ def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
-def load_settings() -> Any:
-    """The settings, or StartupError naming each STREAM_APP_* variable that is wrong."""
+def load_settings(cached: bool = True) -> Any:
+    """The settings (the process-wide ones, or read from the environment again with cached=False), or StartupError
+    naming each STREAM_APP_* variable that is wrong."""
     from pydantic import ValidationError
 
-    from stream_app.settings import get_settings
+    from stream_app.settings import Settings, get_settings
 
     try:
-        return get_settings()
+        return get_settings() if cached else Settings()
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

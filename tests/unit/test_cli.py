@@ -147,3 +147,38 @@ def test_coordinator_noise_is_dropped_at_start_then_rate_limited():
     assert not f.filter(second)
     assert f.filter(rec(GroupAuthorizationFailedError()))  # not retriable: always shown as it is
     assert CoordinatorNoise(grace_s=3600.0).filter(rec(CoordinatorNotAvailableError())) is False
+
+
+def write_inter(folder, rows: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{folder.name}.inter").write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + "".join(r + "\n" for r in rows))
+
+
+def test_eval_refuses_bad_input_in_one_line_before_any_replay(tmp_path, capsys):
+    """Found by a hostile test: every bad dataset, setting or path ended in a traceback (some only after the whole
+    replay). Now: one `stream-app: error:` line; 2 for arguments and settings, 1 for data."""
+    from stream_app.offline.cli import main as eval_main
+
+    with pytest.raises(SystemExit) as exit_:
+        eval_main(["--cold-threshold", "0"])
+    assert exit_.value.code == 2
+    with pytest.raises(SystemExit) as exit_:
+        eval_main(["--json", str(tmp_path)])  # a folder: refused before the replay
+    assert exit_.value.code == 2
+    capsys.readouterr()
+    assert eval_main(["--dataset", str(tmp_path / "missing")]) == 1
+    write_inter(tmp_path / "nan", ["1\ta\t4\t1", "1\tb\t4\tnan"])
+    assert eval_main(["--dataset", str(tmp_path / "nan")]) == 1
+    write_inter(tmp_path / "short", ["1\ta\t4\t1", "1\tb\t4\t2", "2\ta\t4\t3"])
+    assert eval_main(["--dataset", str(tmp_path / "short")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("stream-app: error: dataset") and "nan.inter line 3: timestamp and rating must be finite" in err[1]
+    assert "short has no test target" in err[2] and len(err) == 3
+
+
+def test_settings_refuse_inf_nan_and_non_positive_event_weights():
+    for bad in ({"blend_text_weight": float("inf")}, {"slot_threshold": float("nan")}, {"weight_view": -3.0},
+                {"decay_per_hour": float("inf")}):
+        with pytest.raises(ValueError):
+            Settings(**bad)
