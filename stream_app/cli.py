@@ -242,7 +242,10 @@ def run_tool(args: argparse.Namespace) -> int:
             if not args.verbose:  # onnxruntime's quantiser logs every tensor on the root logger at INFO
                 logging.getLogger().setLevel(logging.WARNING)
                 logging.getLogger("models").setLevel(logging.INFO)
-            print(ensure_model(settings))
+            try:
+                print(ensure_model(settings))
+            except FileNotFoundError as exc:  # an unknown model name or a missing checkpoint folder
+                return fail(str(exc))
             return 0
         if args.command == "produce":
             report = asyncio.run(produce(args.file, args.topic, settings, client_options(settings)))

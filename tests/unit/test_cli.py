@@ -182,3 +182,15 @@ def test_settings_refuse_inf_nan_and_non_positive_event_weights():
                 {"decay_per_hour": float("inf")}):
         with pytest.raises(ValueError):
             Settings(**bad)
+
+
+def test_export_model_names_an_unknown_model_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STREAM_APP_MODEL_CACHE", str(tmp_path))
+    from stream_app.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["export-model", "--model", "nope"]) == 1
+    finally:
+        get_settings.cache_clear()
+    assert capsys.readouterr().err.strip().endswith("nor a checkpoint folder")
