@@ -487,15 +487,22 @@ async def handle_behaviour_batch(parsed: list[tuple[EventT, BehaviourEvent]]) ->
 RECORD_SHARE = 0.9
 
 
-def record_fits(value: dict[str, Any]) -> bool:
-    """Whether a recommendation record, encoded as the topic encodes it (Faust's json codec), fits one message."""
-    return len(codecs.dumps("json", value)) <= RECORD_SHARE * app.conf.producer_max_request_size
+def encoded_records(record: dict[str, Any]) -> list[tuple[list[str], bytes]]:
+    """A recommendation record encoded once, as the topic would encode it (Faust's json codec; bytes are sent as
+    they are), with the event ids it answers; split by event_ids (events.split_by_event_ids) only when one
+    message cannot hold it, the rare case where the parts are encoded again."""
+    limit = RECORD_SHARE * app.conf.producer_max_request_size
+    encoded = codecs.dumps("json", record)
+    if len(encoded) <= limit:
+        return [(record["event_ids"], encoded)]
+    parts = split_by_event_ids(record, lambda part: len(codecs.dumps("json", part)) <= limit)
+    return [(part["event_ids"], codecs.dumps("json", part)) for part in parts]
 
 
 async def send_recommendations(recs: dict[str, Any], plans: dict[str, UserBatch]) -> list[tuple[EventT, str]]:
     """Send each user's list and wait until the broker has them all (failed sends are retried). A list whose
     `event_ids` would not fit one message goes as several records with the same items, each with part of the ids
-    (events.split_by_event_ids). Returns the events whose list is too large to send even so (dead-lettered by the
+    (encoded_records). Returns the events whose list is too large to send even so (dead-lettered by the
     caller, with the reason): they were applied to the state, but no list answers them."""
     sent_at = time.time()
     pending = []
@@ -515,15 +522,15 @@ async def send_recommendations(recs: dict[str, Any], plans: dict[str, UserBatch]
             "generated_at": sent_at,
             "latency_ms": round(latency_ms, 3),
         }
-        for part in split_by_event_ids(record, record_fits):
+        for ids, part in encoded_records(record):
             try:
-                pending.append((user_id, part, await publish(recommendations_topic, user_id, part)))
+                pending.append((user_id, ids, part, await publish(recommendations_topic, user_id, part)))
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - retried below
-                pending.append((user_id, part, None))
+                pending.append((user_id, ids, part, None))
     unsent: set[str] = set()
-    for user_id, part, fut in pending:
+    for user_id, ids, part, fut in pending:
         try:
             if fut is None:
                 raise RuntimeError("not sent")
@@ -535,11 +542,10 @@ async def send_recommendations(recs: dict[str, Any], plans: dict[str, UserBatch]
                 await send_reliably(recommendations_topic, user_id, part, "a recommendation", raise_too_large=True)
             except Exception as exc:  # noqa: BLE001 - only a record too large to send ever gets here
                 unsent.add(user_id)
-                reason = (f"applied to the user's state, but its recommendation could not be sent: "
-                          f"{len(codecs.dumps('json', part))} bytes, over the producer's limit "
-                          f"({type(exc).__name__})")
-                ids = set(part["event_ids"])
-                too_big += [(e, reason) for e, b in plans[user_id].served() if b.event_id in ids]
+                reason = (f"applied to the user's state, but its recommendation could not be sent: {len(part)} bytes, "
+                          f"over the producer's limit ({type(exc).__name__})")
+                answered = set(ids)
+                too_big += [(e, reason) for e, b in plans[user_id].served() if b.event_id in answered]
     pipeline.metrics.count("recommendations", len(recs) - len(unsent))
     return too_big
 
