@@ -11,7 +11,7 @@ import logging
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -27,7 +27,7 @@ from stream_app.core.events import (DLQ_KEY_CHARS, FORGET, BehaviourEvent, Event
                                dead_letter, parse_behaviour, parse_item, split_by_event_ids)
 from stream_app.core.interest import UserState, decode_state, encode_state, event_digest, new_state, remember_events
 from stream_app.adapters.kafka_security import client_kwargs, faust_credentials
-from stream_app.stream.offsets import OffsetGuard
+from stream_app.stream.offsets import IDLE_CHECK_S, OffsetGuard
 from stream_app.stream.logfilter import install_connection_error_filter, install_malformed_request_filter
 from stream_app.stream.pipeline import Pipeline, UnknownItem, item_fingerprint
 from stream_app.stream.replica import Replicas, publish_items, register_replica_pages
@@ -246,11 +246,39 @@ async def run_batches(stream: faust.StreamT, parse: Callable[[EventT], Parsed],
 
 
 offset_guard = OffsetGuard()
+OFFSET_REQUEST_TIMEOUT_S = 10.0  # a position or log-start request; an idle check that times out is retried next tick
 
 
 @app.on_partitions_assigned.connect
 async def _partitions_assigned(sender: faust.App, assigned: set[Any], **kwargs: Any) -> None:
     offset_guard.assigned(assigned)
+
+
+async def start_offsets(tps: Iterable[Any]) -> dict[Any, int | None]:
+    """Where each partition's agent starts once assigned: the group's committed offset (Faust's own record of it,
+    private; faust-streaming 0.15.3 is pinned), or the log start where none is committed (auto offset reset
+    "earliest")."""
+    committed = getattr(app.consumer, "_committed_offset", {})
+    starts: dict[Any, int | None] = {tp: committed.get(tp) for tp in tps}
+    uncommitted = [tp for tp, offset in starts.items() if offset is None]
+    if uncommitted:
+        try:
+            starts.update(await asyncio.wait_for(app.consumer.earliest_offsets(*uncommitted),
+                                                 OFFSET_REQUEST_TIMEOUT_S))
+        except Exception as exc:  # noqa: BLE001 - broker unreachable: decide with what is known, check again later
+            log.debug("log start offsets unavailable: %s", exc)
+    return starts
+
+
+async def seek_back(seeks: dict[Any, int], why: str) -> None:
+    for tp, offset in seeks.items():
+        log.warning("offsets of %s[%d] %s from %d: seeking back to re-read them", tp.topic, tp.partition, why, offset)
+        try:
+            await app.consumer.seek(tp, offset)
+            pipeline.metrics.count("seeks_back")
+        except Exception as exc:  # noqa: BLE001 - e.g. the partition was revoked meanwhile: its new owner starts
+            # from the committed offset; the batch itself was served and must still be acked
+            log.warning("seek of %s[%d] back to %d failed: %s", tp.topic, tp.partition, offset, exc)
 
 
 async def reread_skipped(events: Sequence[EventT]) -> None:
@@ -259,15 +287,38 @@ async def reread_skipped(events: Sequence[EventT]) -> None:
     seen: dict[Any, list[int]] = defaultdict(list)
     for event in events:
         seen[event.message.tp].append(event.message.offset)
-    # Faust's own record of each partition's committed offset (private; faust-streaming 0.15.3 is pinned)
-    committed = getattr(app.consumer, "_committed_offset", {})
-    for tp, offset in offset_guard.check(seen, committed).items():
-        log.warning("offsets of %s[%d] skipped from %d: seeking back to re-read them", tp.topic, tp.partition, offset)
-        try:
-            await app.consumer.seek(tp, offset)
-        except Exception as exc:  # noqa: BLE001 - e.g. the partition was revoked meanwhile: its new owner starts
-            # from the committed offset; the batch itself was served and must still be acked
-            log.warning("seek of %s[%d] back to %d failed: %s", tp.topic, tp.partition, offset, exc)
+    starts = await start_offsets(offset_guard.without_next(seen))
+    await seek_back(offset_guard.check(seen, starts), "skipped")
+
+
+idle_marks: dict[str, int | None] = {}  # agent -> its idle mark (Metrics.agent_idle_mark) at the last check
+
+
+@app.timer(max(IDLE_CHECK_S, 4 * max(settings.batch_timeout_s, settings.items_batch_timeout_s)))
+async def reread_undelivered() -> None:
+    """Seek back the partitions whose records were fetched and never delivered (stream_app.stream.offsets: Faust
+    drops them and leaves a partition without a committed offset past them). Only partitions whose agent has
+    been idle since the previous check are looked at: records still in the stream's buffer would have been taken."""
+    if app.rebalancing or not app.consumer.flow_active:
+        idle_marks.clear()
+        return
+    agent_of = {settings.items_topic: index_items.name, settings.behaviour_topic: process_behaviour.name}
+    quiet = set()
+    for agent in agent_of.values():
+        mark = pipeline.metrics.agent_idle_mark(agent)
+        if mark is not None and idle_marks.get(agent) == mark:
+            quiet.add(agent)
+        idle_marks[agent] = mark
+    try:
+        tps = [tp for tp in app.consumer.assignment() if agent_of.get(tp.topic) in quiet]
+        positions = {tp: await asyncio.wait_for(app.consumer.position(tp), OFFSET_REQUEST_TIMEOUT_S)
+                     for tp in tps}
+    except Exception as exc:  # noqa: BLE001 - revoked meanwhile or the broker unreachable: the next tick retries
+        log.debug("positions unavailable: %s", exc)
+        positions = {}
+    starts = await start_offsets(offset_guard.without_next(positions))
+    for tp, offset in offset_guard.idle(positions, starts).items():
+        await seek_back({tp: offset}, f"fetched (position {positions[tp]}) and never delivered")
 
 
 async def _as_results(process: Callable[[list[Any]], Awaitable[list[tuple[EventT, str]]]],

@@ -142,6 +142,7 @@ class AgentHealth:
     started_at: float | None = None
     last_batch_at: float | None = None
     batch_started_at: float | None = None  # set while the agent is on a batch
+    batches_started: int = 0
     crashes: deque[float] = field(default_factory=lambda: deque(maxlen=100))
     last_error: str = ""
 
@@ -151,7 +152,7 @@ class Metrics:
 
     COUNTERS = ("events", "batches", "recommendations", "dead_letters", "duplicates", "forgotten", "items_indexed",
                 "items_encoded", "items_deleted", "items_unchanged", "items_superseded", "encoded_texts", "encoder_calls",
-                "encoder_s", "encoder_batch_max", "store_searches", "store_record_calls", "cache_hits")
+                "encoder_s", "encoder_batch_max", "store_searches", "store_record_calls", "cache_hits", "seeks_back")
 
     def __init__(self, top_k: int = setting_default("top_k"), crash_window_s: float = 60.0,
                  store_stuck_s: float = setting_default("store_timeout_s"),
@@ -175,6 +176,7 @@ class Metrics:
         self.store_searches = 0
         self.store_record_calls = 0
         self.cache_hits = 0
+        self.seeks_back = 0  # seeks back to offsets Faust skipped or fetched and never delivered (stream.offsets)
         self.started_at = time.time()
         self.latency_ms = Histogram(LATENCY_BUCKETS_MS)
         self.encoder_ms = Histogram(ENCODER_BUCKETS_MS, window=2000)
@@ -270,7 +272,9 @@ class Metrics:
 
     def agent_batch_started(self, name: str) -> None:
         """The agent took a batch: until agent_batch_ended, /health watches how long it stays on it."""
-        self.agents.setdefault(short_name(name), AgentHealth()).batch_started_at = time.time()
+        health = self.agents.setdefault(short_name(name), AgentHealth())
+        health.batch_started_at = time.time()
+        health.batches_started += 1
 
     def agent_batch_ended(self, name: str, done: bool = True) -> None:
         """The agent left its batch: served (done) or interrupted (cancelled, to be redelivered)."""
@@ -278,6 +282,14 @@ class Metrics:
         health.batch_started_at = None
         if done:
             health.last_batch_at = time.time()
+
+    def agent_idle_mark(self, name: str) -> int | None:
+        """While the agent is running with no batch in hand (it waits for the stream): how many batches it has
+        taken, so that a caller seeing the same mark twice knows it took none in between. None otherwise."""
+        health = self.agents.get(short_name(name))
+        if health is None or health.started_at is None or health.batch_started_at is not None:
+            return None
+        return health.batches_started
 
     def agent_crashed(self, name: str, exc: BaseException) -> None:
         health = self.agents.setdefault(short_name(name), AgentHealth())
@@ -402,7 +414,8 @@ class MetricsCollector(Collector):
                 "items_indexed": "catalogue items written into this worker's store",
                 "items_encoded": "catalogue items encoded by this worker", "items_deleted": "catalogue items deleted",
                 "items_unchanged": "catalogue re-sends skipped as unchanged",
-                "items_superseded": "catalogue messages replaced by a later one for the same item in the same batch"}
+                "items_superseded": "catalogue messages replaced by a later one for the same item in the same batch",
+                "seeks_back": "seeks back to re-read offsets the consumer skipped or fetched and never delivered"}
         for name in Metrics.COUNTERS:
             yield CounterMetricFamily(f"{p}_{name}", docs[name], value=getattr(m, name))
         by_topic = CounterMetricFamily(f"{p}_dead_letters_by_topic", "dead-lettered messages per source topic",
