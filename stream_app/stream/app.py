@@ -26,6 +26,7 @@ from faust.types import EventT
 from stream_app.core.events import (DLQ_KEY_CHARS, FORGET, BehaviourEvent, EventError, ItemEvent, MessageMeta,
                                dead_letter, parse_behaviour, parse_item, split_by_event_ids)
 from stream_app.core.interest import UserState, decode_state, encode_state, event_digest, new_state, remember_events
+from stream_app.adapters.kafka_admin import group_offsets
 from stream_app.adapters.kafka_security import client_kwargs, faust_credentials
 from stream_app.stream.offsets import IDLE_CHECK_S, OffsetGuard
 from stream_app.stream.logfilter import install_connection_error_filter, install_malformed_request_filter
@@ -222,6 +223,7 @@ async def run_batches(stream: faust.StreamT, parse: Callable[[EventT], Parsed],
     their own are dead-lettered. Nothing but cancellation leaves this loop.
     """
     agent = getattr(current_agent(), "name", "?")
+    pipeline.metrics.agent_consuming(agent)
     async for events in stream.take_events(settings.batch_size, within=within or settings.batch_timeout_s):
         pipeline.metrics.agent_batch_started(agent)
         try:
@@ -246,39 +248,63 @@ async def run_batches(stream: faust.StreamT, parse: Callable[[EventT], Parsed],
 
 
 offset_guard = OffsetGuard()
-OFFSET_REQUEST_TIMEOUT_S = 10.0  # a position or log-start request; an idle check that times out is retried next tick
+OFFSET_REQUEST_TIMEOUT_S = 10.0  # a committed-offset, log-start, position or seek request to the broker
+known_starts: dict[Any, int] = {}  # partition -> where its agent starts, for the current assignment
+offsets_admin: dict[str, Any] = {"client": None}  # an admin client for the group's committed offsets, started lazily
 
 
 @app.on_partitions_assigned.connect
 async def _partitions_assigned(sender: faust.App, assigned: set[Any], **kwargs: Any) -> None:
     offset_guard.assigned(assigned)
+    known_starts.clear()
 
 
-async def start_offsets(tps: Iterable[Any]) -> dict[Any, int | None]:
-    """Where each partition's agent starts once assigned: the group's committed offset (Faust's own record of it,
-    private; faust-streaming 0.15.3 is pinned), or the log start where none is committed (auto offset reset
-    "earliest")."""
-    committed = getattr(app.consumer, "_committed_offset", {})
-    starts: dict[Any, int | None] = {tp: committed.get(tp) for tp in tps}
-    uncommitted = [tp for tp, offset in starts.items() if offset is None]
-    if uncommitted:
+@app.on_before_shutdown.connect
+async def _close_offsets_admin(sender: faust.App, **kwargs: Any) -> None:
+    if offsets_admin["client"] is not None:
+        await offsets_admin["client"].close()
+
+
+async def start_offsets(tps: Iterable[Any]) -> dict[Any, int]:
+    """Where each partition's agent starts for the current assignment: the group's committed offset as the broker
+    has it (not Faust's own record, empty from a rebalance until its seek to the committed offsets is done), or
+    the log start where none is committed or retention has removed it (the auto offset reset is "earliest").
+    Partitions the broker did not answer for are left out (unknown); answers are kept until the next
+    assignment."""
+    wanted = [tp for tp in tps if tp not in known_starts]
+    if wanted:
         try:
-            starts.update(await asyncio.wait_for(app.consumer.earliest_offsets(*uncommitted),
-                                                 OFFSET_REQUEST_TIMEOUT_S))
-        except Exception as exc:  # noqa: BLE001 - broker unreachable: decide with what is known, check again later
-            log.debug("log start offsets unavailable: %s", exc)
-    return starts
+            if offsets_admin["client"] is None:
+                from aiokafka.admin import AIOKafkaAdminClient
+
+                client = AIOKafkaAdminClient(**client_kwargs(settings))
+                try:
+                    await asyncio.wait_for(client.start(), OFFSET_REQUEST_TIMEOUT_S)
+                except BaseException:
+                    await client.close()
+                    raise
+                offsets_admin["client"] = client
+            committed = await asyncio.wait_for(group_offsets(offsets_admin["client"], app.conf.id),
+                                               OFFSET_REQUEST_TIMEOUT_S)
+            log_starts = await asyncio.wait_for(app.consumer.earliest_offsets(*wanted), OFFSET_REQUEST_TIMEOUT_S)
+            for tp in wanted:
+                if tp in log_starts:
+                    known_starts[tp] = max(committed.get((tp.topic, tp.partition), 0), log_starts[tp])
+        except Exception as exc:  # noqa: BLE001 - broker unreachable: left unknown, asked again next time
+            log.debug("start offsets unavailable: %s", exc)
+    return {tp: known_starts[tp] for tp in tps if tp in known_starts}
 
 
-async def seek_back(seeks: dict[Any, int], why: str) -> None:
-    for tp, offset in seeks.items():
-        log.warning("offsets of %s[%d] %s from %d: seeking back to re-read them", tp.topic, tp.partition, why, offset)
-        try:
-            await app.consumer.seek(tp, offset)
-            pipeline.metrics.count("seeks_back")
-        except Exception as exc:  # noqa: BLE001 - e.g. the partition was revoked meanwhile: its new owner starts
-            # from the committed offset; the batch itself was served and must still be acked
-            log.warning("seek of %s[%d] back to %d failed: %s", tp.topic, tp.partition, offset, exc)
+async def seek_back(tp: Any, offset: int, why: str) -> None:
+    """Seek tp back to offset, on the consumer's own thread (Faust's seek_wait; it also resets Faust's read
+    offset, so the re-read records are delivered)."""
+    log.warning("offsets of %s[%d] %s from %d: seeking back to re-read them", tp.topic, tp.partition, why, offset)
+    try:
+        await asyncio.wait_for(app.consumer.seek_wait({tp: offset}), OFFSET_REQUEST_TIMEOUT_S)
+        pipeline.metrics.count("seeks_back")
+    except Exception as exc:  # noqa: BLE001 - e.g. the partition was revoked meanwhile: its new owner starts
+        # from the committed offset; the batch itself was served and must still be acked
+        log.warning("seek of %s[%d] back to %d failed: %s", tp.topic, tp.partition, offset, exc)
 
 
 async def reread_skipped(events: Sequence[EventT]) -> None:
@@ -288,7 +314,8 @@ async def reread_skipped(events: Sequence[EventT]) -> None:
     for event in events:
         seen[event.message.tp].append(event.message.offset)
     starts = await start_offsets(offset_guard.without_next(seen))
-    await seek_back(offset_guard.check(seen, starts), "skipped")
+    for tp, offset in offset_guard.check(seen, starts).items():
+        await seek_back(tp, offset, "skipped")
 
 
 idle_marks: dict[str, int | None] = {}  # agent -> its idle mark (Metrics.agent_idle_mark) at the last check
@@ -297,8 +324,11 @@ idle_marks: dict[str, int | None] = {}  # agent -> its idle mark (Metrics.agent_
 @app.timer(max(IDLE_CHECK_S, 4 * max(settings.batch_timeout_s, settings.items_batch_timeout_s)))
 async def reread_undelivered() -> None:
     """Seek back the partitions whose records were fetched and never delivered (stream_app.stream.offsets: Faust
-    drops them and leaves a partition without a committed offset past them). Only partitions whose agent has
-    been idle since the previous check are looked at: records still in the stream's buffer would have been taken."""
+    drops them and leaves a partition without a committed offset past them).
+
+    Only partitions whose agent has been waiting on its stream since the previous check, and whose records past
+    Faust's read offset were never handed to the stream, are looked at: records in the stream's buffer would
+    have been taken, and seeking back under them would make Faust take them for a gap and ack them unserved."""
     if app.rebalancing or not app.consumer.flow_active:
         idle_marks.clear()
         return
@@ -309,16 +339,22 @@ async def reread_undelivered() -> None:
         if mark is not None and idle_marks.get(agent) == mark:
             quiet.add(agent)
         idle_marks[agent] = mark
+    positions: dict[Any, int] = {}
     try:
-        tps = [tp for tp in app.consumer.assignment() if agent_of.get(tp.topic) in quiet]
-        positions = {tp: await asyncio.wait_for(app.consumer.position(tp), OFFSET_REQUEST_TIMEOUT_S)
-                     for tp in tps}
+        for tp in app.consumer.assignment():
+            if agent_of.get(tp.topic) in quiet:
+                position = await asyncio.wait_for(app.consumer.position(tp), OFFSET_REQUEST_TIMEOUT_S)
+                handed = app.consumer._read_offset.get(tp)  # the last offset Faust handed to the stream (private)
+                if position is not None and (handed is None or handed < position - 1):
+                    positions[tp] = position
     except Exception as exc:  # noqa: BLE001 - revoked meanwhile or the broker unreachable: the next tick retries
         log.debug("positions unavailable: %s", exc)
         positions = {}
     starts = await start_offsets(offset_guard.without_next(positions))
+    if app.rebalancing:  # a rebalance began while the broker answered: the positions are stale
+        return
     for tp, offset in offset_guard.idle(positions, starts).items():
-        await seek_back({tp: offset}, f"fetched (position {positions[tp]}) and never delivered")
+        await seek_back(tp, offset, f"fetched (position {positions[tp]}) and never delivered")
 
 
 async def _as_results(process: Callable[[list[Any]], Awaitable[list[tuple[EventT, str]]]],

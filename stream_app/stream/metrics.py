@@ -143,6 +143,7 @@ class AgentHealth:
     last_batch_at: float | None = None
     batch_started_at: float | None = None  # set while the agent is on a batch
     batches_started: int = 0
+    consuming: bool = False  # the agent has begun taking from its stream (after its start-up waits)
     crashes: deque[float] = field(default_factory=lambda: deque(maxlen=100))
     last_error: str = ""
 
@@ -256,7 +257,8 @@ class Metrics:
     def agent_running(self, name: str) -> Iterator[None]:
         """Wrap an agent's body: records its start and any crash (the exception goes on to Faust's supervisor)."""
         name = short_name(name)
-        self.agents.setdefault(name, AgentHealth()).started_at = time.time()
+        health = self.agents.setdefault(name, AgentHealth())
+        health.started_at, health.consuming = time.time(), False
         try:
             yield
         except Exception as exc:
@@ -283,11 +285,16 @@ class Metrics:
         if done:
             health.last_batch_at = time.time()
 
+    def agent_consuming(self, name: str) -> None:
+        """The agent has begun taking from its stream (its start-up waits, e.g. for the encoder, are over)."""
+        self.agents.setdefault(short_name(name), AgentHealth()).consuming = True
+
     def agent_idle_mark(self, name: str) -> int | None:
-        """While the agent is running with no batch in hand (it waits for the stream): how many batches it has
-        taken, so that a caller seeing the same mark twice knows it took none in between. None otherwise."""
+        """While the agent takes from its stream and has no batch in hand: how many batches it has taken, so that
+        a caller seeing the same mark twice knows it took none in between. None otherwise (not started, still in
+        its start-up waits, or on a batch)."""
         health = self.agents.get(short_name(name))
-        if health is None or health.started_at is None or health.batch_started_at is not None:
+        if health is None or not health.consuming or health.batch_started_at is not None:
             return None
         return health.batches_started
 

@@ -61,8 +61,9 @@ class OffsetGuard:
               ) -> dict[Hashable, int]:
         """After a batch was served: offsets seen per partition; starts: the offset each partition's agent starts
         from once assigned (the group's committed offset, the next to read, or the log start where none is
-        committed). Returns partition -> the first offset never seen, for each partition with a hole. Offsets
-        below the expected one are redeliveries and change nothing."""
+        committed or retention removed it; None where unknown), needed only for partitions without_next().
+        Returns partition -> the first offset never seen, for each partition with a hole. Offsets below the
+        expected one are redeliveries and change nothing."""
         seeks: dict[Hashable, int] = {}
         for tp, seen in offsets.items():
             seen = sorted(set(seen))
@@ -70,8 +71,10 @@ class OffsetGuard:
                 continue
             self.suspect.pop(tp, None)
             expected = self.next.get(tp)
+            known = expected is not None
             if expected is None:
                 start = starts.get(tp)
+                known = start is not None  # unknown (the broker did not say): only holes inside the batch count
                 expected = start if start is not None and start <= seen[0] else seen[0]
             ahead = [o for o in seen if o >= expected]
             if ahead and ahead[0] > expected:
@@ -80,7 +83,8 @@ class OffsetGuard:
                 missing = next((a + 1 for a, b in zip(ahead, ahead[1:]) if b > a + 1), None)
             if missing is None:
                 self.seeks.pop(tp, None)
-                self.next[tp] = max(expected, ahead[-1] + 1) if ahead else expected
+                if known:  # else the next batch decides again, once the start is known
+                    self.next[tp] = max(expected, ahead[-1] + 1) if ahead else expected
             elif self._seek_back(tp, missing, passed_to=ahead[-1] + 1):
                 seeks[tp] = missing
         return seeks

@@ -24,6 +24,7 @@ import numpy as np
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from stream_app.adapters.kafka_admin import group_offsets
 from stream_app.core import collab
 from stream_app.stream.explain import attention_weights, because, cooc_contributions, score_parts
 from stream_app.core.interest import consumed_items, decode_state, interest_vectors
@@ -261,12 +262,6 @@ def table_size(table: faust.types.TableT) -> int:
         except (AttributeError, TypeError):  # python-rocksdb instead of rocksdict: count below
             pass
     return len(table)
-
-
-async def group_offsets(admin: Any, group: str) -> dict[tuple[str, int], int]:
-    """The consumer group's committed offsets, (topic, partition) -> next offset to read."""
-    offsets = await admin.list_consumer_group_offsets(group)
-    return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 
 # ---- registration ------------------------------------------------------------------------------------------------
