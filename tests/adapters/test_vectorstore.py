@@ -347,6 +347,25 @@ async def test_embedded_store_restarts_a_killed_child_and_serves(tmp_path: Path)
 
 
 @pytest.mark.asyncio
+async def test_the_child_outlives_a_sigterm_to_the_process_group_and_is_closed_by_its_parent(tmp_path: Path):
+    """A worker stopped the way operators do (SIGTERM to its process group: systemd, `kill -- -PGID`, the system
+    tests' stop_process) used to lose its store child first: the parent logged it as crashed and restarted it
+    during its own shutdown (seen in the two-worker takeover test's logs)."""
+    store = EmbeddedItemStore(tmp_path / "edge", timeout_s=10)
+    await store.ensure_collection(DIM)
+    try:
+        await store.upsert(records(unit_rows(10)))
+        pid = store.child_pid
+        os.kill(pid, signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        assert store.healthy and await store.count() == 10 and store.child_pid == pid and store.restarts == 0
+    finally:
+        await store.close()
+    with pytest.raises(ProcessLookupError):  # closed (and reaped) by its parent
+        os.kill(pid, 0)
+
+
+@pytest.mark.asyncio
 async def test_embedded_store_times_out_on_a_stopped_child_and_restarts_it(tmp_path: Path):
     cat = unit_rows(40)
     store = EmbeddedItemStore(tmp_path / "edge", timeout_s=1.5)

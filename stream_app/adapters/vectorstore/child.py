@@ -279,7 +279,11 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
 
 def main() -> None:
     """Child loop: read [function name, args], run it, write ["ok"|"err", value]; EOF on stdin ends it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent closes us
+    # Ctrl-C and an operator's SIGTERM to the process group (systemd's default, `kill -- -PGID`) reach the child too;
+    # the parent flushes and closes us on its way out (and EOF ends us if it dies). Dying first made the parent log
+    # the child as crashed and restart it in the middle of its shutdown.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must never corrupt the reply channel
     while True:
