@@ -122,6 +122,15 @@ def two_workers(kafka_bootstrap: str, tmp_path_factory) -> Iterator[list[Worker]
                            120, "the topics", w.proc)
         for w in workers:
             wait_until(lambda: w.stats() is not None, 240, "the web view", w.proc)
+
+        def balanced() -> bool:  # both in the group, so that each owns (and encodes) a share of the catalogue
+            owned = [set(replicas(w).get("behaviour_partitions") or ()) for w in workers]
+            return all(owned) and owned[0].isdisjoint(owned[1]) and len(owned[0] | owned[1]) == 4
+
+        # the web view answers before the group's first rebalance: a catalogue sent before the second worker joined
+        # would all be encoded by the first, and the first test's "both encode" check would fail (a race, and a
+        # likely cause of one fast failure of that test that was not kept)
+        wait_until(balanced, 240, "the two workers sharing the partitions", workers[1].proc)
         catalogue = load_catalogue()
         asyncio.run(produce(kafka_bootstrap, workers[0].topic("items"), [(i["item_id"], as_json(i)) for i in catalogue]))
         for w in workers:
