@@ -2,7 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+from stream_app.adapters.kafka_security import client_kwargs
+from stream_app.settings import Settings
+
+
+class LazyAdmin:
+    """One aiokafka admin client per worker, started on first use (again after a failed start), closed by close()."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client: Any = None
+
+    async def get(self, timeout_s: float | None = None) -> Any:
+        if self.client is None:
+            from aiokafka.admin import AIOKafkaAdminClient
+
+            client = AIOKafkaAdminClient(**client_kwargs(self.settings))
+            try:
+                await asyncio.wait_for(client.start(), timeout_s)
+            except BaseException:
+                await client.close()
+                raise
+            self.client = client
+        return self.client
+
+    async def close(self) -> None:
+        if self.client is not None:
+            client, self.client = self.client, None
+            await client.close()
 
 
 async def group_offsets(admin: Any, group: str) -> dict[tuple[str, int], int]:

@@ -26,7 +26,7 @@ from faust.types import EventT
 from stream_app.core.events import (DLQ_KEY_CHARS, FORGET, BehaviourEvent, EventError, ItemEvent, MessageMeta,
                                dead_letter, parse_behaviour, parse_item, split_by_event_ids)
 from stream_app.core.interest import UserState, decode_state, encode_state, event_digest, new_state, remember_events
-from stream_app.adapters.kafka_admin import group_offsets
+from stream_app.adapters.kafka_admin import LazyAdmin, group_offsets
 from stream_app.adapters.kafka_security import client_kwargs, faust_credentials
 from stream_app.stream.offsets import IDLE_CHECK_S, OffsetGuard
 from stream_app.stream.logfilter import install_connection_error_filter, install_malformed_request_filter
@@ -250,7 +250,7 @@ async def run_batches(stream: faust.StreamT, parse: Callable[[EventT], Parsed],
 offset_guard = OffsetGuard()
 OFFSET_REQUEST_TIMEOUT_S = 10.0  # a committed-offset, log-start, position or seek request to the broker
 known_starts: dict[Any, int] = {}  # partition -> where its agent starts, for the current assignment
-offsets_admin: dict[str, Any] = {"client": None}  # an admin client for the group's committed offsets, started lazily
+broker_admin = LazyAdmin(settings)  # the worker's one admin client: committed offsets here and in the web sampler
 
 
 @app.on_partitions_assigned.connect
@@ -260,9 +260,8 @@ async def _partitions_assigned(sender: faust.App, assigned: set[Any], **kwargs: 
 
 
 @app.on_before_shutdown.connect
-async def _close_offsets_admin(sender: faust.App, **kwargs: Any) -> None:
-    if offsets_admin["client"] is not None:
-        await offsets_admin["client"].close()
+async def _close_admin(sender: faust.App, **kwargs: Any) -> None:
+    await broker_admin.close()
 
 
 async def start_offsets(tps: Iterable[Any]) -> dict[Any, int]:
@@ -274,17 +273,8 @@ async def start_offsets(tps: Iterable[Any]) -> dict[Any, int]:
     wanted = [tp for tp in tps if tp not in known_starts]
     if wanted:
         try:
-            if offsets_admin["client"] is None:
-                from aiokafka.admin import AIOKafkaAdminClient
-
-                client = AIOKafkaAdminClient(**client_kwargs(settings))
-                try:
-                    await asyncio.wait_for(client.start(), OFFSET_REQUEST_TIMEOUT_S)
-                except BaseException:
-                    await client.close()
-                    raise
-                offsets_admin["client"] = client
-            committed = await asyncio.wait_for(group_offsets(offsets_admin["client"], app.conf.id),
+            committed = await asyncio.wait_for(group_offsets(await broker_admin.get(OFFSET_REQUEST_TIMEOUT_S),
+                                                             app.conf.id),
                                                OFFSET_REQUEST_TIMEOUT_S)
             log_starts = await asyncio.wait_for(app.consumer.earliest_offsets(*wanted), OFFSET_REQUEST_TIMEOUT_S)
             for tp in wanted:
@@ -637,7 +627,7 @@ async def send_recommendations(recs: dict[str, Any], plans: dict[str, UserBatch]
     return too_big
 
 
-register_pages(app, pipeline, user_state, settings, inputs=(items_topic, behaviour_topic))
+register_pages(app, pipeline, user_state, settings, broker_admin, inputs=(items_topic, behaviour_topic))
 register_replica_pages(app, replicas)
 
 

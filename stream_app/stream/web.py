@@ -24,7 +24,7 @@ import numpy as np
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from stream_app.adapters.kafka_admin import group_offsets
+from stream_app.adapters.kafka_admin import LazyAdmin, group_offsets
 from stream_app.core import collab
 from stream_app.stream.explain import attention_weights, because, cooc_contributions, score_parts
 from stream_app.core.interest import consumed_items, decode_state, interest_vectors
@@ -266,7 +266,7 @@ def table_size(table: faust.types.TableT) -> int:
 
 # ---- registration ------------------------------------------------------------------------------------------------
 def register_pages(app: faust.App, pipeline: Pipeline, user_state: faust.types.TableT, settings: Settings,
-                   inputs: tuple[faust.TopicT, ...] = ()) -> None:
+                   admin: LazyAdmin, inputs: tuple[faust.TopicT, ...] = ()) -> None:
     """Declare the web view's pages, the Prometheus endpoint and the metrics sampler on the app."""
     input_names = {t.get_topic_name() for t in inputs}
     registry = CollectorRegistry(auto_describe=True)
@@ -373,7 +373,7 @@ def register_pages(app: faust.App, pipeline: Pipeline, user_state: faust.types.T
     async def user_view_noslash(web: Any, request: Request, user_id: str) -> Response:
         return await user_page(web, request, user_id)
 
-    state: dict[str, Any] = {"last_state_refresh": 0.0, "committed": {}, "admin": None, "catalogue_writes": None}
+    state: dict[str, Any] = {"last_state_refresh": 0.0, "committed": {}, "catalogue_writes": None}
 
     @app.timer(SAMPLE_EVERY_S)
     async def sample_metrics() -> None:
@@ -389,20 +389,8 @@ def register_pages(app: faust.App, pipeline: Pipeline, user_state: faust.types.T
                 with m.store_call("count"):
                     m.observe_catalogue_size(await pipeline.store.count())
                 m.observe_users(table_size(user_state))
-                if state["admin"] is None:
-                    from aiokafka.admin import AIOKafkaAdminClient
-
-                    from stream_app.adapters.kafka_security import client_kwargs
-
-                    state["admin"] = AIOKafkaAdminClient(**client_kwargs(settings))
-                    await state["admin"].start()
-                state["committed"] = await group_offsets(state["admin"], app.conf.id)
+                state["committed"] = await group_offsets(await admin.get(), app.conf.id)
             except Exception as exc:  # noqa: BLE001 - a failed refresh must not stop the sampler
                 log.warning("state size / offsets refresh failed: %s", exc)
         m.observe_lag(consumer_lag(app, input_names, state["committed"]))
         m.sample()
-
-    @app.on_before_shutdown.connect
-    async def close_admin(app: Any, **kwargs: Any) -> None:
-        if state["admin"] is not None:
-            await state["admin"].close()
