@@ -58,6 +58,10 @@ app = faust.App(
     consumer_group_instance_id=settings.group_instance_id(),
     broker_session_timeout=settings.kafka_session_timeout_s,
     broker_heartbeat_interval=settings.kafka_session_timeout_s / 4,
+    # aiokafka refreshes metadata only this often (default 5 min) and does not retry a topic the broker did not
+    # know yet: a group assigned while a just-created topic was missing from it (a freshly started, loaded broker
+    # answers "not found" for seconds) stayed without those partitions until the next refresh.
+    consumer_metadata_max_age_ms=int(settings.kafka_metadata_max_age_s * 1000),
     web_port=settings.web_port,
     web_host=settings.web_host,
     web_bind=settings.web_bind,
