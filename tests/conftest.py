@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 REPO = Path(__file__).resolve().parents[1]
 BOOTSTRAP = os.environ.get("STREAM_APP_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+log = logging.getLogger(__name__)
 
 
 def _port_open(bootstrap: str) -> bool:
@@ -26,14 +29,54 @@ def _port_open(bootstrap: str) -> bool:
         return False
 
 
+# The tests' private topics: private_env's "<prefix>-<kind>-<run>" and "<prefix>-<run>-..." (run: 8 hex digits, the
+# tables' changelogs and Faust's assignor topic included) and new_topic's "test-<prefix>-<10 hex digits>".
+PRIVATE_TOPIC = re.compile(r"-[0-9a-f]{8,10}(-|$)")
+
+
+async def _topics(bootstrap: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def _delete_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=60_000)
+    await admin.start()
+    try:
+        for start in range(0, len(names), 100):
+            await admin.delete_topics(names[start:start + 100], timeout_ms=60_000)
+    finally:
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> str:
-    """The bootstrap address of a running broker; starts scripts/kafka.sh when none answers (and stops it after)."""
+def kafka_bootstrap() -> Iterator[str]:
+    """The bootstrap address of a running broker; starts scripts/kafka.sh when none answers (and stops it after).
+
+    The private topics the session's workers and tests created are deleted at its end: left behind, a development
+    broker gathered ~5,000 partitions, which made its restarts slow (and showed a bug: see README, Reliability).
+    """
     started = False
     if not _port_open(BOOTSTRAP):
         subprocess.run([str(REPO / "scripts" / "kafka.sh"), "start"], check=True)
         started = True
+    try:
+        before = asyncio.run(_topics(BOOTSTRAP))
+    except Exception as exc:  # noqa: BLE001 - the tests report an unreachable broker themselves
+        log.warning("cannot list the broker's topics (%s): this session's topics will be left on it", exc)
+        before = None
     yield BOOTSTRAP
+    if before is not None:
+        try:
+            made = sorted(t for t in asyncio.run(_topics(BOOTSTRAP)) - before if PRIVATE_TOPIC.search(t))
+            asyncio.run(_delete_topics(BOOTSTRAP, made))
+            log.info("deleted the %d topics this session created", len(made))
+        except Exception as exc:  # noqa: BLE001 - clean-up must not fail the run
+            log.warning("could not delete this session's topics: %s", exc)
     if started:
         subprocess.run([str(REPO / "scripts" / "kafka.sh"), "stop"], check=False)
 
