@@ -55,7 +55,7 @@ class Settings(BaseSettings):
                                            "takes its partitions back at once); empty = <hostname>-<web_port>.")
     kafka_session_timeout_s: float = Field(10.0, ge=6.0, description="A worker that stops heartbeating leaves the group "
                                                                      "after this long (Kafka's minimum is 6 s).")
-    kafka_metadata_max_age_s: float = Field(15.0, gt=0, description="The consumer refreshes its topic metadata at least "
+    kafka_metadata_max_age_s: float = Field(15.0, ge=1.0, description="The consumer refreshes its topic metadata at least "
                                                                       "this often; a group whose metadata missed a "
                                                                       "just-created topic is rebalanced onto it then.")
     log_repeat_interval_s: float = Field(10.0, gt=0, description="Identical Kafka-client warnings/errors (e.g. the broker "

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from stream_app.stream.process import RUN_TAGS
+
 REPO = Path(__file__).resolve().parents[1]
 BOOTSTRAP = os.environ.get("STREAM_APP_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 log = logging.getLogger(__name__)
@@ -29,9 +31,10 @@ def _port_open(bootstrap: str) -> bool:
         return False
 
 
-# The tests' private topics: private_env's "<prefix>-<kind>-<run>" and "<prefix>-<run>-..." (run: 8 hex digits, the
-# tables' changelogs and Faust's assignor topic included) and new_topic's "test-<prefix>-<10 hex digits>".
-PRIVATE_TOPIC = re.compile(r"-[0-9a-f]{8,10}(-|$)")
+def made_by_this_session(topic: str) -> bool:
+    """A topic of one of the runs private_env gave this process: "<prefix>-<kind>-<run>" or "<prefix>-<run>-..." (the
+    tables' changelogs, Faust's assignor topic, item-vectors)."""
+    return any(re.search(rf"-{run}(-|$)", topic) for run in RUN_TAGS)
 
 
 async def _topics(bootstrap: str) -> set[str]:
@@ -43,22 +46,27 @@ async def _topics(bootstrap: str) -> set[str]:
         await admin.close()
 
 
-async def _delete_topics(bootstrap: str, names: list[str]) -> None:
+async def _delete_topics(bootstrap: str, names: list[str]) -> int:
+    """Delete the topics; the number the broker deleted (a topic already gone, or refused, is not counted)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=60_000)
     await admin.start()
+    deleted = 0
     try:
         for start in range(0, len(names), 100):
-            await admin.delete_topics(names[start:start + 100], timeout_ms=60_000)
+            response = await admin.delete_topics(names[start:start + 100], timeout_ms=60_000)
+            deleted += sum(1 for _name, error_code, *_ in response.topic_error_codes if error_code == 0)
     finally:
         await admin.close()
+    return deleted
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """The bootstrap address of a running broker; starts scripts/kafka.sh when none answers (and stops it after).
 
-    The private topics the session's workers and tests created are deleted at its end: left behind, a development
-    broker gathered ~5,000 partitions, which made its restarts slow (and showed a bug: see README, Reliability).
+    The private topics of this session's runs (private_env's RUN_TAGS) are deleted at its end, never another run's:
+    left behind, a development broker gathered ~5,000 partitions, which made its restarts slow (and showed a bug:
+    see README, Reliability).
     """
     started = False
     if not _port_open(BOOTSTRAP):
@@ -72,9 +80,9 @@ def kafka_bootstrap() -> Iterator[str]:
     yield BOOTSTRAP
     if before is not None:
         try:
-            made = sorted(t for t in asyncio.run(_topics(BOOTSTRAP)) - before if PRIVATE_TOPIC.search(t))
-            asyncio.run(_delete_topics(BOOTSTRAP, made))
-            log.info("deleted the %d topics this session created", len(made))
+            made = sorted(t for t in asyncio.run(_topics(BOOTSTRAP)) - before if made_by_this_session(t))
+            deleted = asyncio.run(_delete_topics(BOOTSTRAP, made))
+            log.info("deleted %d of the %d topics this session created", deleted, len(made))
         except Exception as exc:  # noqa: BLE001 - clean-up must not fail the run
             log.warning("could not delete this session's topics: %s", exc)
     if started:

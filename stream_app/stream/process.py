@@ -40,13 +40,19 @@ def free_port_pair(host: str = "127.0.0.1") -> int:
     raise RuntimeError("no free port pair")
 
 
+# The run tags private_env handed out in this process: its private topics (and its app's changelogs) carry them,
+# so a test session deletes exactly the topics it made (tests/conftest.py) and never another run's.
+RUN_TAGS: list[str] = []
+
+
 def private_env(prefix: str, bootstrap: str, data: Path | str, **extra: str) -> dict[str, str]:
     """This process's environment plus a fresh app id, private topics, a data dir and a free web port.
 
-    The app id is "<prefix>-<run>" and each topic "<prefix>-<kind>-<run>", run a fresh random tag; extra
-    (STREAM_APP_* names) is applied last.
+    The app id is "<prefix>-<run>" and each topic "<prefix>-<kind>-<run>", run a fresh random tag (kept in
+    RUN_TAGS); extra (STREAM_APP_* names) is applied last.
     """
     run = uuid.uuid4().hex[:8]
+    RUN_TAGS.append(run)
     return {
         **os.environ,
         "STREAM_APP_KAFKA_BOOTSTRAP": bootstrap,
