@@ -57,15 +57,19 @@ def pair_cosines(vectors: np.ndarray, labels: np.ndarray | None) -> tuple[np.nda
 def two_interests(items: list[ItemEvent], vectors: dict[str, np.ndarray], settings: Settings, thresholds: list[float],
                   categories: tuple[str, str]) -> None:
     """A user who views the first 3 items of two categories, alternating: slots, their weights, and the categories
-    of the top 10 other items by the ranking's text affinity (max over slots of weight x cosine)."""
+    of the top 10 other items by the ranking's text affinity (max over slots of weight x cosine), and by a mixture
+    rule the product does not serve (max over slots of cosine + T log weight, T the text temperature: the blend's
+    exp(text / T) then weighs each slot's items by w_s exp(cos / T), so the slot weights no longer swamp e5's narrow
+    cosine range)."""
     first, second = ([i.item_id for i in items if i.category == c][:3] for c in categories)
     seen = [x for pair in zip(first, second) for x in pair]
     others = [i.item_id for i in items if i.item_id not in seen]
     matrix = np.stack([vectors[i] for i in others])
     category = {i.item_id: i.category for i in items}
     print(f"\nA user who viewed 3 {categories[0]} and 3 {categories[1]} items, alternating:\n")
-    print("| slot_threshold | slots (weights) | categories of the text affinity's top 10 |")
-    print("|---:|---|---|")
+    print("| slot_threshold | slots (weights) | categories of the text affinity's top 10 | by the mixture rule |")
+    print("|---:|---|---|---|")
+    temperature = settings.blend_text_temperature
     for threshold in thresholds:
         params = replace(InterestParams.from_settings(settings), slot_threshold=threshold)
         state = new_state(matrix.shape[1])
@@ -73,9 +77,10 @@ def two_interests(items: list[ItemEvent], vectors: dict[str, np.ndarray], settin
             state = apply_event(state, vectors[item_id], "view", 1_767_225_600 + 60 * n, item_id, params)
         slots, weights = interest_vectors(state, state.last_ts, params)
         text, _ = text_affinity(matrix, slots, weights)
-        top = Counter(category[others[r]] for r in np.argsort(-text, kind="stable")[:10])
+        mixture = (matrix @ slots.T + temperature * np.log(weights)[None, :]).max(axis=1)
+        tops = [Counter(category[others[r]] for r in np.argsort(-score, kind="stable")[:10]) for score in (text, mixture)]
         print(f"| {threshold:g} | {state.n_slots} ({', '.join(f'{w:.2f}' for w in weights)}) | "
-              + ", ".join(f"{c} {n}" for c, n in top.most_common()) + " |")
+              + " | ".join(", ".join(f"{c} {n}" for c, n in top.most_common()) for top in tops) + " |")
 
 
 def main() -> None:
