@@ -51,8 +51,9 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
     kafka_ssl_keyfile: Path | None = Field(None, description="Client private key (PEM) for mutual TLS.")
     kafka_ssl_key_password: SecretStr = SecretStr("")
-    worker_id: str = Field("", description="Stable name of this worker (static group membership: a restarted worker "
-                                           "takes its partitions back at once); empty = <hostname>-<web_port>.")
+    worker_id: str = Field("", description="Stable name of this worker (static group membership: restarted within the "
+                                           "session timeout, it takes its partitions back at once); empty = "
+                                           "<hostname>-<web_port>.")
     kafka_session_timeout_s: float = Field(10.0, ge=6.0, description="A worker that stops heartbeating leaves the group "
                                                                      "after this long (Kafka's minimum is 6 s).")
     kafka_metadata_max_age_s: float = Field(15.0, ge=1.0, description="The consumer refreshes its topic metadata at least "
