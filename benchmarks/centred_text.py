@@ -96,26 +96,40 @@ def catalogue_slots(settings: Settings) -> None:
               + " | ".join(cells) + " |", flush=True)
 
 
-def blend(data, emb: np.ndarray, settings: Settings) -> None:
-    """The default blend, raw against centred vectors, on validation (both modes) and the cold-item events."""
-    ip, cp, rp = (InterestParams.from_settings(settings), CollabParams.from_settings(settings),
-                  RankParams.from_settings(settings))
-    queries = cold_event_queries(data)
-    print(f"\n**{data.name}: the blend, validation targets of both modes and the {len(queries)} cold-item events**\n\n"
+BOOSTS = ((0.0, 0.0), (0.3, 0.2), (0.3, 0.5), (0.5, 0.2), (0.3, 1.0))  # (cold collab, cold text) weights tried
+
+
+def blend_header(data, n_events: int) -> None:
+    """The header of blend_rows' table."""
+    print(f"\n**{data.name}: the blend, validation targets of both modes and the {n_events} cold-item events**\n\n"
           "| vectors | text weight | text temperature | cold collab | cold text | std NDCG@10 | std hits | "
           "stream NDCG@10 | stream hits | cold-event HR@10 |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def blend_rows(data, name: str, vectors: np.ndarray, queries: list, settings: Settings, weights: tuple,
+               temperatures: tuple, boosts: tuple) -> None:
+    """Record the default's ranking inputs once with these item vectors (validation of both modes, the cold-item
+    events), then print one row per text weight x text temperature x (cold collab, cold text) boost."""
+    ip, cp, rp = (InterestParams.from_settings(settings), CollabParams.from_settings(settings),
+                  RankParams.from_settings(settings))
+    recs = {mode: record(data, vectors, mode, ip, cp, rp) for mode in MODES}
+    events = record_cold_events(data, vectors, queries, ip, cp, rp)
+    for tw, temp, (cc, ct) in itertools.product(weights, temperatures, boosts):
+        rp_ = replace(rp, text_weight=tw, text_temperature=temp, cold_collab_weight=cc, cold_text_weight=ct)
+        per = {mode: blend_metrics(r, rp_) for mode, r in recs.items()}
+        hr = float(rank_metrics(blend_scores(events, rp_), events.targets, events.excluded)["hr@10"].mean())
+        print(f"| {name} | {tw} | {temp} | {cc} | {ct} | {per['standard']['ndcg@10']:.4f} | "
+              f"{per['standard']['hits']:.0f} | {per['streaming']['ndcg@10']:.4f} | {per['streaming']['hits']:.0f} "
+              f"| {hr:.4f} |", flush=True)
+
+
+def blend(data, emb: np.ndarray, settings: Settings) -> None:
+    """The default blend, raw against centred vectors, on validation (both modes) and the cold-item events."""
+    queries = cold_event_queries(data)
+    blend_header(data, len(queries))
     for name, vectors, temperatures in (("raw", emb, (0.02, 0.05, 0.1)),
                                         ("centred", centred(emb, emb.mean(0)), (0.02, 0.1, 0.2, 0.5))):
-        recs = {mode: record(data, vectors, mode, ip, cp, rp) for mode in MODES}
-        events = record_cold_events(data, vectors, queries, ip, cp, rp)
-        for tw, temp, (cc, ct) in itertools.product((0.02, 0.05), temperatures,
-                                                    ((0.0, 0.0), (0.3, 0.2), (0.3, 0.5), (0.5, 0.2), (0.3, 1.0))):
-            rp_ = replace(rp, text_weight=tw, text_temperature=temp, cold_collab_weight=cc, cold_text_weight=ct)
-            per = {mode: blend_metrics(r, rp_) for mode, r in recs.items()}
-            hr = float(rank_metrics(blend_scores(events, rp_), events.targets, events.excluded)["hr@10"].mean())
-            print(f"| {name} | {tw} | {temp} | {cc} | {ct} | {per['standard']['ndcg@10']:.4f} | "
-                  f"{per['standard']['hits']:.0f} | {per['streaming']['ndcg@10']:.4f} | {per['streaming']['hits']:.0f} "
-                  f"| {hr:.4f} |", flush=True)
+        blend_rows(data, name, vectors, queries, settings, (0.02, 0.05), temperatures, BOOSTS)
 
 
 def main() -> None:

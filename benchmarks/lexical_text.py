@@ -20,25 +20,19 @@ Nothing here is in the product: see README, Offline evaluation (what was tried) 
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import re
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
 
 import numpy as np
 
-from benchmarks.centred_text import centred
+from benchmarks.centred_text import BOOSTS, blend_header, blend_rows, centred
 from benchmarks.cold_prequential import models_table
-from stream_app.core.collab import CollabParams
-from stream_app.core.interest import InterestParams
-from stream_app.core.ranking import RankParams
 from stream_app.offline.datasets import Interactions, load_dataset
-from stream_app.offline.protocol import COLD_THRESHOLD, cold_event_queries, rank_metrics
+from stream_app.offline.protocol import COLD_THRESHOLD, cold_event_queries
 from stream_app.offline.replay import item_embeddings
-from stream_app.offline.tuning import MODES, blend_metrics, blend_scores, record, record_cold_events
 from stream_app.settings import Settings
 
 MIN_HISTORY = 2
@@ -60,25 +54,12 @@ def tfidf_vectors(texts: Sequence[str], min_df: int = 2) -> np.ndarray:
 
 def blend(data: Interactions, e5: np.ndarray, lexical: np.ndarray, settings: Settings) -> None:
     """The blend with TF-IDF item vectors over weights, beside the default with e5: validation and cold events."""
-    ip, cp, rp = (InterestParams.from_settings(settings), CollabParams.from_settings(settings),
-                  RankParams.from_settings(settings))
     queries = cold_event_queries(data, COLD_THRESHOLD, MIN_HISTORY)
-    print(f"\n**{data.name}: the blend, validation targets of both modes and the {len(queries)} cold-item events**\n\n"
-          "| vectors | text weight | text temperature | cold collab | cold text | std NDCG@10 | std hits | "
-          "stream NDCG@10 | stream hits | cold-event HR@10 |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    default = ((rp.text_weight,), (rp.text_temperature,), ((rp.cold_collab_weight, rp.cold_text_weight),))
-    grid = ((0.02, 0.05, 0.1), (0.02, 0.1, 0.2, 0.5), ((0.0, 0.0), (0.3, 0.2), (0.3, 0.5), (0.5, 0.2), (0.3, 1.0)))
-    for name, vectors, (weights, temperatures, boosts) in (("e5 (the default)", e5, default),
-                                                           ("TF-IDF", lexical, grid)):
-        recs = {mode: record(data, vectors, mode, ip, cp, rp) for mode in MODES}
-        events = record_cold_events(data, vectors, queries, ip, cp, rp)
-        for tw, temp, (cc, ct) in itertools.product(weights, temperatures, boosts):
-            rp_ = replace(rp, text_weight=tw, text_temperature=temp, cold_collab_weight=cc, cold_text_weight=ct)
-            per = {mode: blend_metrics(r, rp_) for mode, r in recs.items()}
-            hr = float(rank_metrics(blend_scores(events, rp_), events.targets, events.excluded)["hr@10"].mean())
-            print(f"| {name} | {tw} | {temp} | {cc} | {ct} | {per['standard']['ndcg@10']:.4f} | "
-                  f"{per['standard']['hits']:.0f} | {per['streaming']['ndcg@10']:.4f} | {per['streaming']['hits']:.0f} "
-                  f"| {hr:.4f} |", flush=True)
+    blend_header(data, len(queries))
+    s = settings
+    blend_rows(data, "e5 (the default)", e5, queries, s, (s.blend_text_weight,), (s.blend_text_temperature,),
+               ((s.blend_cold_collab_weight, s.blend_cold_text_weight),))
+    blend_rows(data, "TF-IDF", lexical, queries, s, (0.02, 0.05, 0.1), (0.02, 0.1, 0.2, 0.5), BOOSTS)
 
 
 def main() -> None:

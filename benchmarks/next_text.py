@@ -31,14 +31,9 @@ from stream_app.core.ranking import RankParams
 from stream_app.offline.datasets import load_dataset
 from stream_app.offline.protocol import cold_event_queries, rank_metrics
 from stream_app.offline.replay import item_embeddings
-from stream_app.offline.tuning import MODES, Recorded, blend_scores, record, record_cold_events, score_metrics
+from stream_app.offline.tuning import (MODES, Recorded, blend_scores, pool_scaled, record, record_cold_events,
+                                      score_metrics)
 from stream_app.settings import Settings
-
-
-def pool_scaled(rec: Recorded, x: np.ndarray) -> np.ndarray:
-    """x / its max over each query's pool, as ranking.rank normalises a counter."""
-    top = np.where(rec.pool, x, 0.0).max(axis=1, keepdims=True)
-    return np.divide(x, top, out=np.zeros_like(x), where=top > 0)
 
 
 def next_text(rec: Recorded, vectors: np.ndarray, rp: RankParams, m: int) -> np.ndarray:

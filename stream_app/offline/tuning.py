@@ -139,16 +139,20 @@ def record_queries(data: Interactions, emb: np.ndarray, queries: list[Query], ap
                     np.asarray(cold, bool), slotted)
 
 
+def pool_scaled(rec: Recorded, x: np.ndarray) -> np.ndarray:
+    """(queries, items) x divided by its max over each query's pool (zeros where nothing there is positive), as
+    ranking.rank normalises a counter signal."""
+    top = np.where(rec.pool, x, 0.0).max(axis=1, keepdims=True)
+    return np.divide(x, top, out=np.zeros_like(x), where=top > 0)
+
+
 def blend_scores(rec: Recorded, rp: RankParams) -> np.ndarray:
     """(queries, items) scores of ranking.rank's blend with rp's weights on recorded inputs (maxes over the pool),
     -inf outside each query's pool."""
-    def scaled(x: np.ndarray) -> np.ndarray:
-        top = np.where(rec.pool, x, 0.0).max(axis=1, keepdims=True)
-        return np.divide(x, top, out=np.zeros_like(x), where=top > 0)
-
     cold = np.exp(-rec.support / rp.cold_support)
-    score = (1.0 + rp.cold_collab_weight * cold) * (rp.cooc_weight * scaled(rec.cooc) + rp.seq_weight * scaled(rec.seq)) \
-        + rp.pop_weight * scaled(rec.pop)
+    score = (1.0 + rp.cold_collab_weight * cold) * (rp.cooc_weight * pool_scaled(rec, rec.cooc)
+                                                    + rp.seq_weight * pool_scaled(rec, rec.seq)) \
+        + rp.pop_weight * pool_scaled(rec, rec.pop)
     top = np.where(rec.pool, rec.text, -np.inf).max(axis=1, keepdims=True)
     top = np.where(np.isfinite(top), top, 0.0)
     weight = rp.text_weight + rp.cold_text_weight * cold
