@@ -232,7 +232,7 @@ async def run_batches(stream: faust.StreamT, parse: Callable[[EventT], Parsed],
         pipeline.metrics.agent_batch_started(agent)
         try:
             good: list[tuple[EventT, Parsed]] = []
-            for event in events:
+            for event in await admitted(events):
                 try:
                     good.append((event, parse(event)))
                 except EventError as exc:
@@ -243,7 +243,6 @@ async def run_batches(stream: faust.StreamT, parse: Callable[[EventT], Parsed],
                 rejected = [(result.item[0], result.reason)] if isinstance(result, Failed) else result
                 for event, reason in rejected:
                     await send_dead_letter(dlq, event, reason)
-            await reread_skipped(events)
             pipeline.metrics.agent_batch_ended(agent)
         except BaseException:  # cancelled (worker stopping) mid-batch: leave the batch to be redelivered
             pipeline.metrics.agent_batch_ended(agent, done=False)
@@ -289,27 +288,62 @@ async def start_offsets(tps: Iterable[Any]) -> dict[Any, int]:
     return {tp: known_starts[tp] for tp in tps if tp in known_starts}
 
 
-async def seek_back(tp: Any, offset: int, why: str) -> None:
+async def seek_back(tp: Any, offset: int, why: str) -> bool:
     """Seek tp back to offset, on the consumer's own thread (Faust's seek_wait; it also resets Faust's read
-    offset, so the re-read records are delivered)."""
+    offset, so the re-read records are delivered), and keep the consumer's commits below offset until the re-read
+    message is acked. Returns whether the seek was done."""
     log.warning("offsets of %s[%d] %s from %d: seeking back to re-read them", tp.topic, tp.partition, why, offset)
     try:
         await asyncio.wait_for(app.consumer.seek_wait({tp: offset}), OFFSET_REQUEST_TIMEOUT_S)
-        pipeline.metrics.count("seeks_back")
     except Exception as exc:  # noqa: BLE001 - e.g. the partition was revoked meanwhile: its new owner starts
-        # from the committed offset; the batch itself was served and must still be acked
+        # from the committed offset
         log.warning("seek of %s[%d] back to %d failed: %s", tp.topic, tp.partition, offset, exc)
+        return False
+    pipeline.metrics.count("seeks_back")
+    gaps = commit_gaps(tp)
+    if gaps is not None:
+        gaps.chop(offset, 2**63)
+    return True
 
 
-async def reread_skipped(events: Sequence[EventT]) -> None:
-    """After a served batch: if Faust skipped offsets of a partition (stream_app.stream.offsets), seek back so the
-    skipped messages are delivered again."""
+def commit_gaps(tp: Any) -> Any:
+    """Faust's record of the offsets it took for gaps in tp (Consumer._gap, private: an IntervalTree per partition,
+    faust-streaming 0.15), or None if this Faust has none. Its commits count these offsets as acked: a skipped
+    message's offset is among them (Faust took it for a compaction gap), so the agent takes it out when it seeks
+    back there, and the commits stop below it until the message, read again, is acked. Offsets the agent passes
+    over as absent are put in, so the commits pass them too."""
+    gaps = getattr(app.consumer, "_gap", None)
+    return gaps[tp] if gaps is not None else None
+
+
+async def admitted(events: Sequence[EventT]) -> list[EventT]:
+    """The events of a batch to serve now (stream_app.stream.offsets): a partition with a hole is sought back to
+    it, and its events at or past the hole are left to the re-read; each offset is served once, and each
+    partition's events in offset order (in the batch's places of that partition). If the seek fails, the
+    partition's events are served as they are: nothing is lost, only their order may differ."""
     seen: dict[Any, list[int]] = defaultdict(list)
     for event in events:
         seen[event.message.tp].append(event.message.offset)
     starts = await start_offsets(offset_guard.without_next(seen))
-    for tp, offset in offset_guard.check(seen, starts).items():
-        await seek_back(tp, offset, "skipped")
+    admission = offset_guard.admit(seen, starts)
+    for tp, ranges in admission.absent.items():
+        if (gaps := commit_gaps(tp)) is not None:
+            for begin, end in ranges:
+                gaps.addi(begin, end)
+            gaps.merge_overlaps()
+    cut = {tp: admission.cut[tp] for tp, offset in admission.seeks.items() if await seek_back(tp, offset, "skipped")}
+    kept: dict[Any, dict[int, EventT]] = defaultdict(dict)
+    for event in events:
+        message = event.message
+        if message.offset < cut.get(message.tp, message.offset + 1):
+            kept[message.tp].setdefault(message.offset, event)
+    in_order = {tp: iter(sorted(by_offset.items())) for tp, by_offset in kept.items()}
+    served = []
+    for event in events:
+        tp = event.message.tp
+        if tp in in_order and (nxt := next(in_order[tp], None)) is not None:
+            served.append(nxt[1])
+    return served
 
 
 idle_marks: dict[str, int | None] = {}  # agent -> its idle mark (Metrics.agent_idle_mark) at the last check

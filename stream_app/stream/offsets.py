@@ -8,9 +8,13 @@ message that was in the stream's buffer when the seek cleared it is never delive
 
 The input topics are neither compacted nor transactional: every offset holds a message, so a hole in the offsets
 an agent sees is a message Faust skipped. OffsetGuard keeps, per partition, the next offset the agent must see
-(from the group's committed offset when the partition is assigned), and when a batch starts past it, or has a
-hole, names the offset to seek back to: the skipped message comes again, and those after it are redeliveries
-(the user-state table's event-id dedupe recognises them; items are re-indexed only if changed).
+(from the group's committed offset when the partition is assigned). Before a batch is served, admit() cuts each
+partition at its first hole: the records at or past it are not served now, and the agent seeks back there, so the
+skipped message and the records after it come again and are served in offset order. (Serving them first and the
+skipped message after them, as a first version did, applied one user's events out of order: the stored interest
+and recent items then differ from the fold of the user's events, as a SIGKILL test in CI found.) Redeliveries
+below the next offset are served again (the user-state table's event-id dedupe recognises them; items are
+re-indexed only if changed).
 
 A partition with no committed offset (its previous owner died before its first commit) starts at the log start,
 as `consumer_auto_offset_reset="earliest"` reads it. There Faust loses records another way (measured with two
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Hashable
 
 log = logging.getLogger(__name__)
@@ -36,12 +41,32 @@ MAX_SEEKS = 3  # seeks back to one missing offset before it is taken as absent f
 IDLE_CHECK_S = 2.0  # how often idle() runs: records fetched and never delivered are re-read within ~2-3 of these
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What of a batch to serve, per partition: records at or past cut[tp] are not served (they come again after
+    the seek back to seeks[tp]); absent[tp]: ranges [first, end) of offsets taken as absent from the topic and passed
+    over (the consumer's commits must pass them too)."""
+
+    cut: dict[Hashable, int] = field(default_factory=dict)
+    seeks: dict[Hashable, int] = field(default_factory=dict)
+    absent: dict[Hashable, list[tuple[int, int]]] = field(default_factory=dict)
+
+
+def _first_missing(ahead: list[int], expected: int) -> int | None:
+    """The first offset from `expected` on that is not in `ahead` (sorted, all >= expected) but is below its last;
+    None when ahead runs on from expected without a hole."""
+    if ahead and ahead[0] > expected:
+        return expected
+    return next((a + 1 for a, b in zip(ahead, ahead[1:]) if b > a + 1), None)
+
+
 class OffsetGuard:
-    """Per partition, the next offset the agent must see; check() (after each batch) and idle() (periodically,
+    """Per partition, the next offset the agent must see; admit() (before each batch) and idle() (periodically,
     while the agent is idle) return the seeks that close holes."""
 
     def __init__(self) -> None:
         self.next: dict[Hashable, int] = {}
+        self.high: dict[Hashable, int] = {}  # partition -> the highest offset its agent was handed since assigned
         self.seeks: dict[Hashable, tuple[int, int]] = {}  # partition -> (missing offset, seeks back to it so far)
         self.suspect: dict[Hashable, tuple[int, int]] = {}  # partition -> (expected, position) at the last idle()
 
@@ -49,27 +74,38 @@ class OffsetGuard:
         """The partitions are (re)assigned: their next offset comes from their start offset again."""
         for tp in partitions:
             self.next.pop(tp, None)
+            self.high.pop(tp, None)
             self.seeks.pop(tp, None)
             self.suspect.pop(tp, None)
 
     def without_next(self, partitions: Iterable[Hashable]) -> list[Hashable]:
         """The partitions whose next offset is not known yet (none served since assigned): only their start
-        offsets are needed by check() and idle()."""
+        offsets are needed by admit() and idle()."""
         return [tp for tp in partitions if tp not in self.next]
 
-    def check(self, offsets: Mapping[Hashable, Iterable[int]], starts: Mapping[Hashable, int | None]
-              ) -> dict[Hashable, int]:
-        """After a batch was served: offsets seen per partition; starts: the offset each partition's agent starts
+    def admit(self, offsets: Mapping[Hashable, Iterable[int]], starts: Mapping[Hashable, int | None]
+              ) -> Admission:
+        """Before a batch is served: offsets in it per partition; starts: the offset each partition's agent starts
         from once assigned (the group's committed offset, the next to read, or the log start where none is
         committed or retention removed it; None where unknown), needed only for partitions without_next().
-        Returns partition -> the first offset never seen, for each partition with a hole. Offsets below the
-        expected one are redeliveries and change nothing."""
+
+        A partition whose offsets start past the expected one, or have a hole, is cut there: its records at or
+        past the hole wait, unserved, for the seek back (Admission.seeks), which brings the missing message and
+        them again in order. Offsets below the expected one are redeliveries and are served (the event-id dedupe
+        recognises them). A seek back is counted as a try only when the batch shows that the partition was read
+        again from at or below the highest offset seen and the hole is still there; a batch that merely continues
+        past the highest offset was fetched before the seek took effect (or Faust dropped the re-read under it),
+        and is sought back again without counting."""
+        cut: dict[Hashable, int] = {}
         seeks: dict[Hashable, int] = {}
+        absent: dict[Hashable, list[tuple[int, int]]] = {}
         for tp, seen in offsets.items():
             seen = sorted(set(seen))
             if not seen:
                 continue
             self.suspect.pop(tp, None)
+            prior_high = self.high.get(tp)
+            self.high[tp] = seen[-1] if prior_high is None else max(prior_high, seen[-1])
             expected = self.next.get(tp)
             known = expected is not None
             if expected is None:
@@ -77,17 +113,22 @@ class OffsetGuard:
                 known = start is not None  # unknown (the broker did not say): only holes inside the batch count
                 expected = start if start is not None and start <= seen[0] else seen[0]
             ahead = [o for o in seen if o >= expected]
-            if ahead and ahead[0] > expected:
-                missing: int | None = expected
-            else:
-                missing = next((a + 1 for a, b in zip(ahead, ahead[1:]) if b > a + 1), None)
-            if missing is None:
-                self.seeks.pop(tp, None)
-                if known:  # else the next batch decides again, once the start is known
-                    self.next[tp] = max(expected, ahead[-1] + 1) if ahead else expected
-            elif self._seek_back(tp, missing, passed_to=ahead[-1] + 1):
-                seeks[tp] = missing
-        return seeks
+            while True:
+                missing = _first_missing(ahead, expected)
+                if missing is None:
+                    self.seeks.pop(tp, None)
+                    if known:  # else the next batch decides again, once the start is known
+                        self.next[tp] = max(expected, ahead[-1] + 1) if ahead else expected
+                    break
+                resume = next(o for o in ahead if o > missing)
+                continuing = (prior_high is not None and resume > prior_high
+                              and self.seeks.get(tp, (None,))[0] == missing)
+                if continuing or self._seek_back(tp, missing, passed_to=resume):
+                    cut[tp] = seeks[tp] = missing
+                    break
+                absent.setdefault(tp, []).append((missing, resume))  # passed over: look on from resume
+                expected = resume
+        return Admission(cut, seeks, absent)
 
     def idle(self, positions: Mapping[Hashable, int | None], starts: Mapping[Hashable, int | None]
              ) -> dict[Hashable, int]:

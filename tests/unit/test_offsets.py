@@ -5,64 +5,103 @@ from __future__ import annotations
 from stream_app.stream.offsets import OffsetGuard
 
 
+def seeks(guard: OffsetGuard, offsets, starts) -> dict:
+    """admit()'s seeks, checking that each sought partition is cut at the same offset."""
+    admission = guard.admit(offsets, starts)
+    assert admission.cut == admission.seeks
+    return admission.seeks
+
+
 def test_the_takeover_seen_with_two_workers_is_caught_and_healed():
     """Measured: assigned at committed offset 147, the agent got 147-150, then 152-182; 151 was never delivered."""
     guard = OffsetGuard()
     guard.assigned(["p1"])
-    assert guard.check({"p1": range(147, 151)}, {"p1": 147}) == {}
-    assert guard.check({"p1": range(152, 183)}, {"p1": 151}) == {"p1": 151}
-    # after the seek: the in-flight records may still come first; then 151 and the redeliveries
-    assert guard.check({"p1": range(183, 190)}, {}) == {"p1": 151}
-    assert guard.check({"p1": range(151, 190)}, {}) == {}
-    assert guard.check({"p1": [190, 191]}, {}) == {}
+    assert seeks(guard, {"p1": range(147, 151)}, {"p1": 147}) == {}
+    assert seeks(guard, {"p1": range(152, 183)}, {"p1": 151}) == {"p1": 151}  # 152-182 wait for the re-read
+    # after the seek: records fetched before it may still come first; they wait too, and are sought back again
+    # without counting a try (they continue past the highest offset seen: they are not the re-read)
+    assert seeks(guard, {"p1": range(183, 190)}, {}) == {"p1": 151}
+    assert guard.seeks["p1"] == (151, 1)
+    assert seeks(guard, {"p1": range(151, 190)}, {}) == {}
+    assert seeks(guard, {"p1": [190, 191]}, {}) == {}
+
+
+def test_what_follows_a_hole_is_cut_and_redeliveries_below_it_are_served():
+    guard = OffsetGuard()
+    admission = guard.admit({"p": [3, 4, 6, 7], "q": [0, 1]}, {"p": 3, "q": 0})
+    assert (admission.cut, admission.seeks, admission.absent) == ({"p": 5}, {"p": 5}, {})
+    assert guard.next == {"p": 5, "q": 2}
+    assert guard.admit({"p": [3, 4, 5, 6, 7, 8]}, {}).cut == {}  # re-read from before the hole: all served
+    assert guard.next["p"] == 9
 
 
 def test_a_first_batch_past_the_committed_offset_and_a_hole_inside_a_batch_are_caught():
     guard = OffsetGuard()
-    assert guard.check({"p0": [12, 13]}, {"p0": 10}) == {"p0": 10}
+    assert seeks(guard, {"p0": [12, 13]}, {"p0": 10}) == {"p0": 10}
     guard.assigned(["p0"])
-    assert guard.check({"p0": [20, 21, 23]}, {"p0": 20}) == {"p0": 22}
+    assert seeks(guard, {"p0": [20, 21, 23]}, {"p0": 20}) == {"p0": 22}
 
 
 def test_redeliveries_below_the_expected_offset_change_nothing_and_partitions_are_independent():
     guard = OffsetGuard()
-    assert guard.check({"a": [5, 6], "b": [0]}, {"a": 5, "b": 0}) == {}
-    assert guard.check({"a": [3, 4, 5, 6, 7]}, {}) == {}  # 3-6 again (a seek or a redelivery), then 7
-    assert guard.check({"b": [1]}, {}) == {}
+    assert seeks(guard, {"a": [5, 6], "b": [0]}, {"a": 5, "b": 0}) == {}
+    assert seeks(guard, {"a": [3, 4, 5, 6, 7]}, {}) == {}  # 3-6 again (a seek or a redelivery), then 7
+    assert seeks(guard, {"b": [1]}, {}) == {}
     guard.assigned(["a"])  # reassigned: starts again from the committed offset (or the first seen)
-    assert guard.check({"a": [40]}, {"a": None}) == {}
+    assert seeks(guard, {"a": [40]}, {"a": None}) == {}
 
 
 def test_an_offset_still_missing_after_max_seeks_is_passed_over():
     """A real gap (a compacted topic, a retention that deleted offsets while the group was away) must not make the
-    agent seek forever: after MAX_SEEKS seeks back to the same offset it is taken as absent."""
+    agent seek forever: after MAX_SEEKS seeks back to the same offset, each of which read the partition again from
+    the hole, it is taken as absent; the offsets passed over are named (the consumer's commits must pass them)."""
     from stream_app.stream.offsets import MAX_SEEKS
 
     guard = OffsetGuard()
-    assert guard.check({"p": [100]}, {"p": 100}) == {}
+    assert seeks(guard, {"p": [100]}, {"p": 100}) == {}
     for _ in range(MAX_SEEKS):
-        assert guard.check({"p": [105, 106]}, {}) == {"p": 101}  # 101-104 were compacted away
-    assert guard.check({"p": [105, 106]}, {}) == {}
-    assert guard.check({"p": [107]}, {}) == {}
+        assert seeks(guard, {"p": [105, 106]}, {}) == {"p": 101}  # 101-104 were compacted away
+    admission = guard.admit({"p": [105, 106, 108]}, {})
+    assert admission.absent == {"p": [(101, 105)]}
+    assert admission.seeks == {"p": 107}  # a second hole, after the one passed over, is a hole of its own
+    for _ in range(MAX_SEEKS - 1):
+        assert seeks(guard, {"p": [108, 109]}, {}) == {"p": 107}
+    admission = guard.admit({"p": [108, 109]}, {})
+    assert (admission.cut, admission.absent) == ({}, {"p": [(107, 108)]})
+    assert seeks(guard, {"p": [110]}, {}) == {}
+
+
+def test_records_fetched_before_the_seek_do_not_use_up_its_tries():
+    """However many batches the stream's buffer still holds from before the seek (each continues past the highest
+    offset seen), the missing message is not passed over while the partition was not read again from the hole."""
+    from stream_app.stream.offsets import MAX_SEEKS
+
+    guard = OffsetGuard()
+    assert seeks(guard, {"p": [10, 11]}, {"p": 9}) == {"p": 9}
+    for first in range(12, 12 + 10 * MAX_SEEKS, 10):
+        assert seeks(guard, {"p": range(first, first + 10)}, {}) == {"p": 9}
+    assert guard.seeks["p"] == (9, 1)
+    assert seeks(guard, {"p": range(9, 50)}, {}) == {}
+    assert guard.next["p"] == 50
 
 
 def test_a_first_batch_past_the_log_start_of_an_uncommitted_partition_is_a_hole():
     """Its previous owner died before its first commit: the app gives the log start as the partition's start
     (app.start_offsets), so a first batch past it is a hole and is sought back."""
     guard = OffsetGuard()
-    assert guard.check({"p0": [14, 15]}, {"p0": 0}) == {"p0": 0}
-    assert guard.check({"p0": range(0, 16)}, {"p0": 0}) == {}
+    assert seeks(guard, {"p0": [14, 15]}, {"p0": 0}) == {"p0": 0}
+    assert seeks(guard, {"p0": range(0, 16)}, {"p0": 0}) == {}
 
 
 def test_an_unknown_start_decides_nothing_until_it_is_known():
     """The broker did not answer for the start: only a hole inside the batch counts, and the next offset is not
     fixed from the first one seen (that lost the records before it), so a later batch still finds the hole."""
     guard = OffsetGuard()
-    assert guard.check({"p0": [14, 15]}, {}) == {}
-    assert guard.check({"p0": [16, 18]}, {}) == {"p0": 17}
+    assert seeks(guard, {"p0": [14, 15]}, {}) == {}
+    assert seeks(guard, {"p0": [16, 18]}, {}) == {"p0": 17}
     guard.assigned(["p0"])
-    assert guard.check({"p0": [14, 15]}, {}) == {}
-    assert guard.check({"p0": [16]}, {"p0": 0}) == {"p0": 0}
+    assert seeks(guard, {"p0": [14, 15]}, {}) == {}
+    assert seeks(guard, {"p0": [16]}, {"p0": 0}) == {"p0": 0}
 
 
 def test_records_fetched_and_never_delivered_are_sought_back_once_the_position_stays_past_them():
@@ -74,7 +113,7 @@ def test_records_fetched_and_never_delivered_are_sought_back_once_the_position_s
     starts = {"p0": 0, "p2": 4}
     assert guard.idle({"p0": 14, "p2": 4}, starts) == {}  # first sighting: delivery may be on its way
     assert guard.idle({"p0": 14, "p2": 4}, starts) == {"p0": 0}  # unchanged: fetched and never delivered
-    assert guard.check({"p0": range(0, 14)}, starts) == {}  # the re-read arrives
+    assert seeks(guard, {"p0": range(0, 14)}, starts) == {}  # the re-read arrives
     assert guard.idle({"p0": 14, "p2": 4}, starts) == {}
     assert guard.idle({"p0": 14, "p2": 4}, starts) == {}
 
@@ -84,11 +123,11 @@ def test_idle_seeks_back_only_a_position_seen_twice_in_a_row_past_the_next_offse
     check, records past Faust's read offset never handed over); idle() still notes a first sighting only, starts
     over when a batch moved the expected offset or the partition was left out, and seeks on the second one."""
     guard = OffsetGuard()
-    assert guard.check({"p": [0, 1]}, {"p": 0}) == {}
+    assert seeks(guard, {"p": [0, 1]}, {"p": 0}) == {}
     assert guard.idle({"p": 5}, {"p": 0}) == {}  # 2-4 fetched, on their way to the agent
-    assert guard.check({"p": [2, 3]}, {}) == {}  # a batch came: the next idle() sighting starts again
+    assert seeks(guard, {"p": [2, 3]}, {}) == {}  # a batch came: the next idle() sighting starts again
     assert guard.idle({"p": 5}, {}) == {}
-    assert guard.check({"p": [4]}, {}) == {}
+    assert seeks(guard, {"p": [4]}, {}) == {}
     assert guard.idle({"p": 5}, {}) == {} and guard.idle({"p": 5}, {}) == {}  # all delivered
     assert guard.idle({"p": 9}, {}) == {}  # new records fetched: first sighting
     assert guard.idle({"p": 12}, {}) == {}  # the position moved: still a first sighting
