@@ -290,9 +290,12 @@ async def start_offsets(tps: Iterable[Any]) -> dict[Any, int]:
 
 async def seek_back(tp: Any, offset: int, why: str) -> bool:
     """Seek tp back to offset, on the consumer's own thread (Faust's seek_wait; it also resets Faust's read
-    offset, so the re-read records are delivered), and keep the consumer's commits below offset until the re-read
-    message is acked. Returns whether the seek was done."""
+    offset, so the re-read records are delivered). First the consumer's commits are held below offset until the
+    message there is acked (commit_gaps), also if the seek then fails: it may have been done before its wait
+    timed out. Returns whether the seek was done."""
     log.warning("offsets of %s[%d] %s from %d: seeking back to re-read them", tp.topic, tp.partition, why, offset)
+    if (gaps := commit_gaps(tp)) is not None:
+        gaps.chop(offset, 2**63)
     try:
         await asyncio.wait_for(app.consumer.seek_wait({tp: offset}), OFFSET_REQUEST_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 - e.g. the partition was revoked meanwhile: its new owner starts
@@ -300,9 +303,6 @@ async def seek_back(tp: Any, offset: int, why: str) -> bool:
         log.warning("seek of %s[%d] back to %d failed: %s", tp.topic, tp.partition, offset, exc)
         return False
     pipeline.metrics.count("seeks_back")
-    gaps = commit_gaps(tp)
-    if gaps is not None:
-        gaps.chop(offset, 2**63)
     return True
 
 
@@ -310,10 +310,31 @@ def commit_gaps(tp: Any) -> Any:
     """Faust's record of the offsets it took for gaps in tp (Consumer._gap, private: an IntervalTree per partition,
     faust-streaming 0.15), or None if this Faust has none. Its commits count these offsets as acked: a skipped
     message's offset is among them (Faust took it for a compaction gap), so the agent takes it out when it seeks
-    back there, and the commits stop below it until the message, read again, is acked. Offsets the agent passes
-    over as absent are put in, so the commits pass them too."""
+    back there, and the commits stop below it until the message, read again, is acked."""
     gaps = getattr(app.consumer, "_gap", None)
     return gaps[tp] if gaps is not None else None
+
+
+def pass_over(absent: dict[Any, list[tuple[int, int]]]) -> None:
+    """Offsets taken as absent from their topic (OffsetGuard, after MAX_SEEKS) are put in Faust's gap record, so
+    that its commits pass them too (no message there will ever be acked)."""
+    for tp, ranges in absent.items():
+        if (gaps := commit_gaps(tp)) is not None:
+            for begin, end in ranges:
+                gaps.addi(begin, end)
+            gaps.merge_overlaps()
+
+
+def leave_to_the_re_read(message: Any) -> None:
+    """A message cut from its batch (its offset is past a hole) is taken out of Faust's ack bookkeeping: marked
+    acked, take_events' ack of it does nothing, so its offset never counts toward a commit (Faust would commit
+    past a one-offset hole at its committed offset, or any hole of a partition never committed); the copy the
+    re-read brings is acked when served. (Consumer._unacked_messages, private, lists the messages a rebalance
+    waits for.)"""
+    message.acked = True
+    unacked = getattr(app.consumer, "_unacked_messages", None)
+    if unacked is not None:
+        unacked.discard(message)
 
 
 async def admitted(events: Sequence[EventT]) -> list[EventT]:
@@ -326,17 +347,15 @@ async def admitted(events: Sequence[EventT]) -> list[EventT]:
         seen[event.message.tp].append(event.message.offset)
     starts = await start_offsets(offset_guard.without_next(seen))
     admission = offset_guard.admit(seen, starts)
-    for tp, ranges in admission.absent.items():
-        if (gaps := commit_gaps(tp)) is not None:
-            for begin, end in ranges:
-                gaps.addi(begin, end)
-            gaps.merge_overlaps()
+    pass_over(admission.absent)
     cut = {tp: admission.cut[tp] for tp, offset in admission.seeks.items() if await seek_back(tp, offset, "skipped")}
     kept: dict[Any, dict[int, EventT]] = defaultdict(dict)
     for event in events:
         message = event.message
         if message.offset < cut.get(message.tp, message.offset + 1):
             kept[message.tp].setdefault(message.offset, event)
+        else:
+            leave_to_the_re_read(message)
     in_order = {tp: iter(sorted(by_offset.items())) for tp, by_offset in kept.items()}
     served = []
     for event in events:
@@ -381,7 +400,9 @@ async def reread_undelivered() -> None:
     starts = await start_offsets(offset_guard.without_next(positions))
     if app.rebalancing:  # a rebalance began while the broker answered: the positions are stale
         return
-    for tp, offset in offset_guard.idle(positions, starts).items():
+    admission = offset_guard.idle(positions, starts)
+    pass_over(admission.absent)
+    for tp, offset in admission.seeks.items():
         await seek_back(tp, offset, f"fetched (position {positions[tp]}) and never delivered")
 
 

@@ -14,7 +14,8 @@ skipped message and the records after it come again and are served in offset ord
 skipped message after them, as a first version did, applied one user's events out of order: the stored interest
 and recent items then differ from the fold of the user's events, as a SIGKILL test in CI found.) Redeliveries
 below the next offset are served again (the user-state table's event-id dedupe recognises them; items are
-re-indexed only if changed).
+re-indexed only if changed). The agent (stream.app.admitted) keeps the cut events and the hole out of Faust's
+commits until the re-read is served, so a crash or a rebalance before it loses nothing.
 
 A partition with no committed offset (its previous owner died before its first commit) starts at the log start,
 as `consumer_auto_offset_reset="earliest"` reads it. There Faust loses records another way (measured with two
@@ -26,7 +27,8 @@ agent must see while the agent takes nothing was fetched and never delivered, an
 
 An offset that is still missing after MAX_SEEKS seeks back to it is taken as really absent (a topic an operator
 made compacted, or a retention that deleted it while the group was away) and passed over, so a real gap never
-makes the agent seek forever.
+makes the agent seek forever; but never past an offset the agent was handed and cut, which exists and comes back
+only with a re-read.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Hashable
 
 log = logging.getLogger(__name__)
 MAX_SEEKS = 3  # seeks back to one missing offset before it is taken as absent from the topic
+MAX_RESEEKS = 50  # further seeks back to it, made for records fetched before a seek took effect, not counted
 IDLE_CHECK_S = 2.0  # how often idle() runs: records fetched and never delivered are re-read within ~2-3 of these
 
 
@@ -69,6 +72,8 @@ class OffsetGuard:
         self.high: dict[Hashable, int] = {}  # partition -> the highest offset its agent was handed since assigned
         self.seeks: dict[Hashable, tuple[int, int]] = {}  # partition -> (missing offset, seeks back to it so far)
         self.suspect: dict[Hashable, tuple[int, int]] = {}  # partition -> (expected, position) at the last idle()
+        self.reseeks: dict[Hashable, int] = {}  # partition -> uncounted seeks back to its missing offset so far
+        self.handed: dict[Hashable, list[int]] = {}  # partition -> offsets handed to the agent, cut, not yet served
 
     def assigned(self, partitions: Iterable[Hashable]) -> None:
         """The partitions are (re)assigned: their next offset comes from their start offset again."""
@@ -76,6 +81,8 @@ class OffsetGuard:
             self.next.pop(tp, None)
             self.high.pop(tp, None)
             self.seeks.pop(tp, None)
+            self.reseeks.pop(tp, None)
+            self.handed.pop(tp, None)
             self.suspect.pop(tp, None)
 
     def without_next(self, partitions: Iterable[Hashable]) -> list[Hashable]:
@@ -94,8 +101,9 @@ class OffsetGuard:
         them again in order. Offsets below the expected one are redeliveries and are served (the event-id dedupe
         recognises them). A seek back is counted as a try only when the batch shows that the partition was read
         again from at or below the highest offset seen and the hole is still there; a batch that merely continues
-        past the highest offset was fetched before the seek took effect (or Faust dropped the re-read under it),
-        and is sought back again without counting."""
+        past the highest offset was fetched before the seek took effect (or Faust dropped the re-read under it:
+        its fetch loop, blocked handing a record to a full stream buffer, sets its read offset past the seek's once
+        it goes on), and is sought back again without counting, up to MAX_RESEEKS times."""
         cut: dict[Hashable, int] = {}
         seeks: dict[Hashable, int] = {}
         absent: dict[Hashable, list[tuple[int, int]]] = {}
@@ -117,27 +125,32 @@ class OffsetGuard:
                 missing = _first_missing(ahead, expected)
                 if missing is None:
                     self.seeks.pop(tp, None)
+                    self.reseeks.pop(tp, None)
                     if known:  # else the next batch decides again, once the start is known
-                        self.next[tp] = max(expected, ahead[-1] + 1) if ahead else expected
+                        self._advance(tp, max(expected, ahead[-1] + 1) if ahead else expected)
                     break
                 resume = next(o for o in ahead if o > missing)
                 continuing = (prior_high is not None and resume > prior_high
-                              and self.seeks.get(tp, (None,))[0] == missing)
+                              and self.seeks.get(tp, (None,))[0] == missing and self._reseek(tp))
                 if continuing or self._seek_back(tp, missing, passed_to=resume):
                     cut[tp] = seeks[tp] = missing
+                    self.handed[tp] = sorted(set(self.handed.get(tp, ())) | {o for o in ahead if o > missing})
                     break
-                absent.setdefault(tp, []).append((missing, resume))  # passed over: look on from resume
-                expected = resume
+                expected = self.next[tp]  # passed over: look on from there
+                absent.setdefault(tp, []).append((missing, expected))
+                ahead = [o for o in ahead if o >= expected]
         return Admission(cut, seeks, absent)
 
     def idle(self, positions: Mapping[Hashable, int | None], starts: Mapping[Hashable, int | None]
-             ) -> dict[Hashable, int]:
+             ) -> Admission:
         """Periodically: the consumer's position (the next offset it hands over) of each partition whose agent has
         taken no batch since the previous call and has none in hand. A position past the next offset the agent
         must see, the same at two calls in a row, means records were handed over and never delivered (had they
-        been in the stream's buffer, the idle agent would have taken them): returns partition -> that offset, to
-        seek back to. A partition missing from positions (its agent was busy) starts over."""
+        been in the stream's buffer, the idle agent would have taken them): Admission.seeks names that offset, to
+        seek back to (absent: what was passed over after MAX_SEEKS). A partition missing from positions (its agent
+        was busy) starts over."""
         seeks: dict[Hashable, int] = {}
+        absent: dict[Hashable, list[tuple[int, int]]] = {}
         for tp in set(self.suspect) - set(positions):
             del self.suspect[tp]
         for tp, position in positions.items():
@@ -150,18 +163,44 @@ class OffsetGuard:
                 del self.suspect[tp]
                 if self._seek_back(tp, expected, passed_to=position):
                     seeks[tp] = expected
-        return seeks
+                else:
+                    absent[tp] = [(expected, self.next[tp])]
+        return Admission(seeks=seeks, absent=absent)
+
+    def _reseek(self, tp: Hashable) -> bool:
+        """Whether one more seek back to the same offset may go uncounted (records that continue past the highest
+        offset seen); after MAX_RESEEKS such seeks they count as tries, so nothing seeks forever."""
+        self.reseeks[tp] = self.reseeks.get(tp, 0) + 1
+        return self.reseeks[tp] <= MAX_RESEEKS
 
     def _seek_back(self, tp: Hashable, missing: int, passed_to: int) -> bool:
-        """Whether to seek tp back to `missing`; after MAX_SEEKS tries it is passed over (next = passed_to)."""
+        """Whether to seek tp back to `missing`; after MAX_SEEKS tries it is passed over up to passed_to (next =
+        passed_to), but never past an offset the agent was handed and cut: such a message exists, and it comes
+        only with a re-read, so the agent keeps seeking back for it (logged at each try)."""
         sought, tried = self.seeks.get(tp, (None, 0))
-        tried = tried if sought == missing else 0
-        if tried >= MAX_SEEKS:  # really absent: pass over it
-            log.warning("offset %d of %s is still missing after %d seeks back: taken as absent from the topic "
-                        "(compaction or retention)", missing, tp, tried)
-            self.seeks.pop(tp, None)
-            self.next[tp] = passed_to
-            return False
+        if sought != missing:
+            tried = 0
+            self.reseeks.pop(tp, None)
+        if tried >= MAX_SEEKS:
+            passed_to = min([passed_to] + [o for o in self.handed.get(tp, ()) if o >= missing])
+            if passed_to <= missing:
+                log.warning("offset %d of %s is still missing after %d seeks back; the records after it were handed "
+                            "to the agent and left to the re-read, so it is sought back again", missing, tp, tried)
+            else:  # really absent: pass over it
+                log.warning("offsets %d-%d of %s are still missing after %d seeks back: taken as absent from the "
+                            "topic (compaction or retention)", missing, passed_to - 1, tp, tried)
+                self.seeks.pop(tp, None)
+                self.reseeks.pop(tp, None)
+                self._advance(tp, passed_to)
+                return False
         self.seeks[tp] = (missing, tried + 1)
-        self.next[tp] = missing
+        self._advance(tp, missing)
         return True
+
+    def _advance(self, tp: Hashable, offset: int) -> None:
+        """The agent's next offset of tp is now `offset`: the cut offsets below it were served (or passed over)."""
+        self.next[tp] = offset
+        if tp in self.handed:
+            self.handed[tp] = [o for o in self.handed[tp] if o >= offset]
+            if not self.handed[tp]:
+                del self.handed[tp]

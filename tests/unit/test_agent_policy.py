@@ -260,48 +260,79 @@ def test_a_hole_is_sought_back_and_the_events_after_it_are_served_in_order_after
     assert all(e.message.acked for b in batches for e in b)
 
 
-def test_a_skipped_offset_holds_faust_s_commits_until_it_is_read_again(monkeypatch):
-    """With faust-streaming's own commit bookkeeping (Consumer._gap and _new_offset; private, so this test is
-    what notices a Faust that changes them): Faust took 101-104 for a compaction gap, so acking 105-106 would
-    commit 107 and a crash would lose 101-104. After the seek back the commit waits for 101; offsets passed over
-    as absent are committed past."""
+def test_events_left_to_the_re_read_never_count_toward_faust_s_commits(monkeypatch):
+    """run_batches on Faust's own ack and commit bookkeeping (Consumer.ack, _add_gap, _new_offset; private, so this
+    test is what notices a Faust that changes them). The measured takeover: committed 147, 147-150 served, 151
+    skipped (Faust took it for a gap), 152-160 cut and sought back. Acking the cut events would let Faust commit
+    161 (its head check misses a one-offset hole at the committed offset), and a crash would lose 151-160: the
+    commit must stay at 151 until the re-read is served. The same for a partition never committed (start 0)."""
     from faust.types import TP
+    from faust.types.tuples import ConsumerMessage
+
+    from stream_app.stream.offsets import OffsetGuard
 
     consumer = agent.app.consumer
-    tp = TP("behaviour", 0)
-    monkeypatch.setitem(consumer._committed_offset, tp, 100)
-
-    def ack(*offsets: int) -> None:
-        for offset in offsets:
-            msg = Message("behaviour", 0, offset, 0.0, 0, None, b"u", b"v", None)
-            consumer.ack(msg)
+    a, b = TP("behaviour", 0), TP("behaviour", 1)
+    sought: list[tuple[int, int]] = []
 
     async def seek_wait(partitions):
-        return None
+        sought.extend((tp.partition, offset) for tp, offset in partitions.items())
 
+    async def start_offsets(tps):
+        return {tp: {a: 147, b: 0}[tp] for tp in tps}
+
+    monkeypatch.setattr(agent, "offset_guard", OffsetGuard())
+    monkeypatch.setattr(agent, "start_offsets", start_offsets)
     monkeypatch.setattr(consumer, "seek_wait", seek_wait)
     # the conductor names the acking topics once the app has started (subscribed topics); this app has not
     monkeypatch.setattr(agent.app.topics, "acks_enabled_for", lambda topic: True)
+    monkeypatch.setitem(consumer._committed_offset, a, 147)
+    monkeypatch.setitem(consumer._committed_offset, b, None)
 
-    async def scenario() -> list:
-        await consumer._add_gap(tp, 101, 104)  # as Faust's fetch loop does when 105 follows 100
-        ack(105, 106)
-        unsafe = consumer._new_offset(tp)
-        consumer._acked[tp].clear(), consumer._acked_index[tp].clear()
-        await consumer._add_gap(tp, 101, 104)
-        assert await agent.seek_back(tp, 101, "skipped")
-        ack(105, 106)
-        held = consumer._new_offset(tp)
-        ack(101, 102, 103, 104)
-        caught_up = consumer._new_offset(tp)
-        consumer._committed_offset[tp] = caught_up  # as Faust's commit records it
-        agent.commit_gaps(tp).addi(107, 109)  # passed over as absent (admitted() does this)
-        ack(109)
-        passed = consumer._new_offset(tp)
-        return [unsafe, held, caught_up, passed]
+    class FaustStream(FakeStream):
+        """take_events acking as Faust's does: the stream's reference dropped, the consumer told on the last."""
+
+        def take_events(self, max_: int, within: float):
+            async def gen():
+                for batch in self.batches:
+                    try:
+                        yield list(batch)
+                    finally:
+                        for e in batch:
+                            e.message.ack(consumer)
+
+            return gen()
+
+    def events(tp: TP, offsets) -> list[FakeEvent]:
+        out = []
+        for offset in offsets:
+            msg = ConsumerMessage(tp.topic, tp.partition, offset, 0.0, 0, None, b"u", b"v", None, tp=tp)
+            msg.incref()
+            out.append(FakeEvent(msg))
+        return out
+
+    served: list[tuple[int, int]] = []
+
+    async def process(rows):
+        served.extend((e.message.partition, e.message.offset) for e, _ in rows)
+        return []
+
+    def run(*batches) -> tuple:
+        asyncio.run(agent.run_batches(FaustStream(list(batches)), parse, process, FakeTopic()))
+        return consumer._new_offset(a), consumer._new_offset(b)
 
     try:
-        assert asyncio.run(scenario()) == [107, None, 107, 110]
+        assert run(events(a, range(147, 151))) == (151, None)
+        consumer._committed_offset[a] = 151  # as Faust's commit records it
+        asyncio.run(consumer._add_gap(a, 151, 152))  # as Faust's fetch loop does when 152 follows 150
+        assert run(events(a, range(152, 161)), events(b, range(3, 10))) == (None, None)  # both cut
+        assert sought == [(0, 151), (1, 0)]
+        assert run(events(a, range(151, 161)) + events(b, range(0, 10))) == (161, 10)  # the re-read
+        assert served == [(0, o) for o in range(147, 161)] + [(1, o) for o in range(10)]
+        agent.pass_over({a: [(161, 163)]})  # offsets taken as absent (OffsetGuard, after MAX_SEEKS)
+        consumer._committed_offset[a] = 161
+        events(a, [163])[0].message.ack(consumer)
+        assert consumer._new_offset(a) == 164  # committed past them
     finally:
         for table in (consumer._gap, consumer._acked, consumer._acked_index):
-            table.pop(tp, None)
+            table.pop(a, None), table.pop(b, None)

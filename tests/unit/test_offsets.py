@@ -69,12 +69,17 @@ def test_an_offset_still_missing_after_max_seeks_is_passed_over():
     admission = guard.admit({"p": [108, 109]}, {})
     assert (admission.cut, admission.absent) == ({}, {"p": [(107, 108)]})
     assert seeks(guard, {"p": [110]}, {}) == {}
+    for _ in range(MAX_SEEKS):  # a hole inside a batch, passed over: the rest of the batch is served
+        assert seeks(guard, {"p": [111, 113, 114]}, {}) == {"p": 112}
+    admission = guard.admit({"p": [111, 113, 114]}, {})
+    assert (admission.cut, admission.absent, guard.next["p"]) == ({}, {"p": [(112, 113)]}, 115)
 
 
-def test_records_fetched_before_the_seek_do_not_use_up_its_tries():
+def test_records_fetched_before_the_seek_do_not_use_up_its_tries_up_to_a_bound():
     """However many batches the stream's buffer still holds from before the seek (each continues past the highest
-    offset seen), the missing message is not passed over while the partition was not read again from the hole."""
-    from stream_app.stream.offsets import MAX_SEEKS
+    offset seen), the missing message is not passed over while the partition was not read again from the hole;
+    but past MAX_RESEEKS such seeks they count, so a partition whose re-read never comes is not cut forever."""
+    from stream_app.stream.offsets import MAX_RESEEKS, MAX_SEEKS
 
     guard = OffsetGuard()
     assert seeks(guard, {"p": [10, 11]}, {"p": 9}) == {"p": 9}
@@ -83,6 +88,18 @@ def test_records_fetched_before_the_seek_do_not_use_up_its_tries():
     assert guard.seeks["p"] == (9, 1)
     assert seeks(guard, {"p": range(9, 50)}, {}) == {}
     assert guard.next["p"] == 50
+
+    guard = OffsetGuard()
+    batches = iter(range(10, 10_000, 10))
+    assert seeks(guard, {"p": [next(batches)]}, {"p": 9}) == {"p": 9}
+    for _ in range(MAX_RESEEKS + MAX_SEEKS - 1):
+        assert seeks(guard, {"p": [next(batches)]}, {}) == {"p": 9}
+    # 9 is passed over as absent, but not 10 and what follows (handed to the agent, cut, left to the re-read)
+    admission = guard.admit({"p": [next(batches)]}, {})
+    assert (admission.cut, admission.seeks, admission.absent) == ({"p": 10}, {"p": 10}, {"p": [(9, 10)]})
+    for _ in range(MAX_RESEEKS + 3 * MAX_SEEKS):  # never passed over, however long the re-read takes
+        assert seeks(guard, {"p": [next(batches)]}, {}) == {"p": 10}
+    assert seeks(guard, {"p": range(10, 20)}, {}) == {}
 
 
 def test_a_first_batch_past_the_log_start_of_an_uncommitted_partition_is_a_hole():
@@ -111,11 +128,11 @@ def test_records_fetched_and_never_delivered_are_sought_back_once_the_position_s
     guard = OffsetGuard()
     guard.assigned(["p0", "p2"])
     starts = {"p0": 0, "p2": 4}
-    assert guard.idle({"p0": 14, "p2": 4}, starts) == {}  # first sighting: delivery may be on its way
-    assert guard.idle({"p0": 14, "p2": 4}, starts) == {"p0": 0}  # unchanged: fetched and never delivered
+    assert guard.idle({"p0": 14, "p2": 4}, starts).seeks == {}  # first sighting: delivery may be on its way
+    assert guard.idle({"p0": 14, "p2": 4}, starts).seeks == {"p0": 0}  # unchanged: fetched and never delivered
     assert seeks(guard, {"p0": range(0, 14)}, starts) == {}  # the re-read arrives
-    assert guard.idle({"p0": 14, "p2": 4}, starts) == {}
-    assert guard.idle({"p0": 14, "p2": 4}, starts) == {}
+    assert guard.idle({"p0": 14, "p2": 4}, starts).seeks == {}
+    assert guard.idle({"p0": 14, "p2": 4}, starts).seeks == {}
 
 
 def test_idle_seeks_back_only_a_position_seen_twice_in_a_row_past_the_next_offset():
@@ -124,16 +141,16 @@ def test_idle_seeks_back_only_a_position_seen_twice_in_a_row_past_the_next_offse
     over when a batch moved the expected offset or the partition was left out, and seeks on the second one."""
     guard = OffsetGuard()
     assert seeks(guard, {"p": [0, 1]}, {"p": 0}) == {}
-    assert guard.idle({"p": 5}, {"p": 0}) == {}  # 2-4 fetched, on their way to the agent
+    assert guard.idle({"p": 5}, {"p": 0}).seeks == {}  # 2-4 fetched, on their way to the agent
     assert seeks(guard, {"p": [2, 3]}, {}) == {}  # a batch came: the next idle() sighting starts again
-    assert guard.idle({"p": 5}, {}) == {}
+    assert guard.idle({"p": 5}, {}).seeks == {}
     assert seeks(guard, {"p": [4]}, {}) == {}
-    assert guard.idle({"p": 5}, {}) == {} and guard.idle({"p": 5}, {}) == {}  # all delivered
-    assert guard.idle({"p": 9}, {}) == {}  # new records fetched: first sighting
-    assert guard.idle({"p": 12}, {}) == {}  # the position moved: still a first sighting
-    assert guard.idle({}, {}) == {}  # p's agent took a batch since (p left out): p starts over
-    assert guard.idle({"p": 12}, {}) == {}
-    assert guard.idle({"p": 12}, {}) == {"p": 5}  # the agent stayed idle and 5-11 never came: sought back
+    assert guard.idle({"p": 5}, {}).seeks == {} and guard.idle({"p": 5}, {}).seeks == {}  # all delivered
+    assert guard.idle({"p": 9}, {}).seeks == {}  # new records fetched: first sighting
+    assert guard.idle({"p": 12}, {}).seeks == {}  # the position moved: still a first sighting
+    assert guard.idle({}, {}).seeks == {}  # p's agent took a batch since (p left out): p starts over
+    assert guard.idle({"p": 12}, {}).seeks == {}
+    assert guard.idle({"p": 12}, {}).seeks == {"p": 5}  # the agent stayed idle and 5-11 never came: sought back
 
 
 def test_an_empty_topic_past_the_expected_offset_is_passed_over_after_max_seeks():
@@ -143,10 +160,11 @@ def test_an_empty_topic_past_the_expected_offset_is_passed_over_after_max_seeks(
 
     guard = OffsetGuard()
     for _ in range(MAX_SEEKS):
-        assert guard.idle({"p": 50}, {"p": 10}) == {}
-        assert guard.idle({"p": 50}, {"p": 10}) == {"p": 10}
-    assert guard.idle({"p": 50}, {"p": 10}) == {}
-    assert guard.idle({"p": 50}, {"p": 10}) == {}
+        assert guard.idle({"p": 50}, {"p": 10}).seeks == {}
+        assert guard.idle({"p": 50}, {"p": 10}).seeks == {"p": 10}
+    assert guard.idle({"p": 50}, {"p": 10}).seeks == {}
+    passed = guard.idle({"p": 50}, {"p": 10})
+    assert (passed.seeks, passed.absent) == ({}, {"p": [(10, 50)]})  # the commits must pass them too
     assert guard.next["p"] == 50
 
 
