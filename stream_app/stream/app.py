@@ -271,8 +271,9 @@ async def start_offsets(tps: Iterable[Any]) -> dict[Any, int]:
     """Where each partition's agent starts for the current assignment: the group's committed offset as the broker
     has it (not Faust's own record, empty from a rebalance until its seek to the committed offsets is done), or
     the log start where none is committed or retention has removed it (the auto offset reset is "earliest").
-    Partitions the broker did not answer for are left out (unknown); answers are kept until the next
-    assignment."""
+    Where the broker did not answer, Faust's record of the committed offset is taken if it has one (set by its
+    seek at the assignment; a review found that a first batch then hid a hole at the start); partitions with
+    neither are left out (unknown). The broker's answers are kept until the next assignment."""
     wanted = [tp for tp in tps if tp not in known_starts]
     if wanted:
         try:
@@ -285,7 +286,12 @@ async def start_offsets(tps: Iterable[Any]) -> dict[Any, int]:
                     known_starts[tp] = max(committed.get((tp.topic, tp.partition), 0), log_starts[tp])
         except Exception as exc:  # noqa: BLE001 - broker unreachable: left unknown, asked again next time
             log.debug("start offsets unavailable: %s", exc)
-    return {tp: known_starts[tp] for tp in tps if tp in known_starts}
+    starts = {tp: known_starts[tp] for tp in tps if tp in known_starts}
+    faust_committed = getattr(app.consumer, "_committed_offset", {})  # private: Faust's record, None until known
+    for tp in tps:
+        if tp not in starts and faust_committed.get(tp) is not None:
+            starts[tp] = faust_committed[tp]
+    return starts
 
 
 async def seek_back(tp: Any, offset: int, why: str) -> bool:
@@ -308,21 +314,45 @@ async def seek_back(tp: Any, offset: int, why: str) -> bool:
 
 def commit_gaps(tp: Any) -> Any:
     """Faust's record of the offsets it took for gaps in tp (Consumer._gap, private: an IntervalTree per partition,
-    faust-streaming 0.15), or None if this Faust has none. Its commits count these offsets as acked: a skipped
+    faust-streaming 0.15), or None if this Faust has none or tp is no longer assigned (the record is created on
+    demand, and Faust clears it only when it revokes tp). Its commits count these offsets as acked: a skipped
     message's offset is among them (Faust took it for a compaction gap), so the agent takes it out when it seeks
     back there, and the commits stop below it until the message, read again, is acked."""
     gaps = getattr(app.consumer, "_gap", None)
-    return gaps[tp] if gaps is not None else None
+    if gaps is None:
+        return None
+    if tp not in gaps:
+        try:
+            if tp not in app.consumer.assignment():
+                return None
+        except Exception:  # noqa: BLE001 - the consumer is not started (or stopping): nothing to hold
+            return None
+    return gaps[tp]
 
 
 def pass_over(absent: dict[Any, list[tuple[int, int]]]) -> None:
-    """Offsets taken as absent from their topic (OffsetGuard, after MAX_SEEKS) are put in Faust's gap record, so
-    that its commits pass them too (no message there will ever be acked)."""
+    """Offsets taken as absent from their topic (OffsetGuard) are put in Faust's gap record, so that its commits
+    pass them too (no message there will ever be acked)."""
     for tp, ranges in absent.items():
         if (gaps := commit_gaps(tp)) is not None:
             for begin, end in ranges:
                 gaps.addi(begin, end)
             gaps.merge_overlaps()
+
+
+async def reread(tp: Any, offset: int, why: str) -> None:
+    """Seek tp back to offset for the offset guard; if retention has deleted it meanwhile (the log start is past
+    it: the consumer would reset such a seek to the log start, and the re-read would never bring it), pass over
+    to the log start and seek there."""
+    try:
+        log_start = (await asyncio.wait_for(app.consumer.earliest_offsets(tp), OFFSET_REQUEST_TIMEOUT_S)).get(tp)
+    except Exception as exc:  # noqa: BLE001 - the broker did not answer: seek to the offset; the next try asks again
+        log.debug("log start of %s unavailable: %s", tp, exc)
+        log_start = None
+    if log_start is not None and log_start > offset:
+        pass_over({tp: offset_guard.truncated(tp, log_start)})
+        offset = log_start
+    await seek_back(tp, offset, why)
 
 
 def leave_to_the_re_read(message: Any) -> None:
@@ -335,20 +365,24 @@ def leave_to_the_re_read(message: Any) -> None:
     unacked = getattr(app.consumer, "_unacked_messages", None)
     if unacked is not None:
         unacked.discard(message)
+    app.sensors.on_message_out(message.tp, message.offset, message)  # as a final ack tells them
 
 
 async def admitted(events: Sequence[EventT]) -> list[EventT]:
     """The events of a batch to serve now (stream_app.stream.offsets): a partition with a hole is sought back to
     it, and its events at or past the hole are left to the re-read; each offset is served once, and each
-    partition's events in offset order (in the batch's places of that partition). If the seek fails, the
-    partition's events are served as they are: nothing is lost, only their order may differ."""
+    partition's events in offset order (in the batch's places of that partition). The cut events are left to the
+    re-read even if the seek fails (the partition was revoked, or the broker did not answer): its next reader
+    starts at the hole, or the next batch seeks again."""
     seen: dict[Any, list[int]] = defaultdict(list)
     for event in events:
         seen[event.message.tp].append(event.message.offset)
     starts = await start_offsets(offset_guard.without_next(seen))
     admission = offset_guard.admit(seen, starts)
     pass_over(admission.absent)
-    cut = {tp: admission.cut[tp] for tp, offset in admission.seeks.items() if await seek_back(tp, offset, "skipped")}
+    for tp, offset in admission.seeks.items():
+        await reread(tp, offset, "skipped")
+    cut = admission.cut
     kept: dict[Any, dict[int, EventT]] = defaultdict(dict)
     for event in events:
         message = event.message
@@ -403,7 +437,7 @@ async def reread_undelivered() -> None:
     admission = offset_guard.idle(positions, starts)
     pass_over(admission.absent)
     for tp, offset in admission.seeks.items():
-        await seek_back(tp, offset, f"fetched (position {positions[tp]}) and never delivered")
+        await reread(tp, offset, f"fetched (position {positions[tp]}) and never delivered")
 
 
 async def _as_results(process: Callable[[list[Any]], Awaitable[list[tuple[EventT, str]]]],

@@ -40,7 +40,7 @@ from typing import Hashable
 
 log = logging.getLogger(__name__)
 MAX_SEEKS = 3  # seeks back to one missing offset before it is taken as absent from the topic
-MAX_RESEEKS = 50  # further seeks back to it, made for records fetched before a seek took effect, not counted
+RESEEK_WARN_EVERY = 50  # uncounted seeks back (records fetched before a seek took effect) between two warnings
 IDLE_CHECK_S = 2.0  # how often idle() runs: records fetched and never delivered are re-read within ~2-3 of these
 
 
@@ -53,6 +53,17 @@ class Admission:
     cut: dict[Hashable, int] = field(default_factory=dict)
     seeks: dict[Hashable, int] = field(default_factory=dict)
     absent: dict[Hashable, list[tuple[int, int]]] = field(default_factory=dict)
+
+
+def _add_runs(runs: list[tuple[int, int]], offsets: list[int]) -> list[tuple[int, int]]:
+    """runs (sorted, disjoint [first, end) ranges) with the sorted offsets added, merged into as few runs as may be."""
+    merged: list[tuple[int, int]] = []
+    for first, end in sorted(runs + [(o, o + 1) for o in offsets]):
+        if merged and first <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((first, end))
+    return merged
 
 
 def _first_missing(ahead: list[int], expected: int) -> int | None:
@@ -73,7 +84,8 @@ class OffsetGuard:
         self.seeks: dict[Hashable, tuple[int, int]] = {}  # partition -> (missing offset, seeks back to it so far)
         self.suspect: dict[Hashable, tuple[int, int]] = {}  # partition -> (expected, position) at the last idle()
         self.reseeks: dict[Hashable, int] = {}  # partition -> uncounted seeks back to its missing offset so far
-        self.handed: dict[Hashable, list[int]] = {}  # partition -> offsets handed to the agent, cut, not yet served
+        self.handed: dict[Hashable, list[tuple[int, int]]] = {}  # partition -> runs [first, end) of offsets handed
+        # to the agent and cut, not yet served
 
     def assigned(self, partitions: Iterable[Hashable]) -> None:
         """The partitions are (re)assigned: their next offset comes from their start offset again."""
@@ -103,7 +115,7 @@ class OffsetGuard:
         again from at or below the highest offset seen and the hole is still there; a batch that merely continues
         past the highest offset was fetched before the seek took effect (or Faust dropped the re-read under it:
         its fetch loop, blocked handing a record to a full stream buffer, sets its read offset past the seek's once
-        it goes on), and is sought back again without counting, up to MAX_RESEEKS times."""
+        it goes on), and is sought back again without counting."""
         cut: dict[Hashable, int] = {}
         seeks: dict[Hashable, int] = {}
         absent: dict[Hashable, list[tuple[int, int]]] = {}
@@ -119,7 +131,7 @@ class OffsetGuard:
             if expected is None:
                 start = starts.get(tp)
                 known = start is not None  # unknown (the broker did not say): only holes inside the batch count
-                expected = start if start is not None and start <= seen[0] else seen[0]
+                expected = start if start is not None else seen[0]
             ahead = [o for o in seen if o >= expected]
             while True:
                 missing = _first_missing(ahead, expected)
@@ -131,10 +143,12 @@ class OffsetGuard:
                     break
                 resume = next(o for o in ahead if o > missing)
                 continuing = (prior_high is not None and resume > prior_high
-                              and self.seeks.get(tp, (None,))[0] == missing and self._reseek(tp))
+                              and self.seeks.get(tp, (None,))[0] == missing)
+                if continuing:
+                    self._reseek(tp, missing)
                 if continuing or self._seek_back(tp, missing, passed_to=resume):
                     cut[tp] = seeks[tp] = missing
-                    self.handed[tp] = sorted(set(self.handed.get(tp, ())) | {o for o in ahead if o > missing})
+                    self.handed[tp] = _add_runs(self.handed.get(tp, []), [o for o in ahead if o > missing])
                     break
                 expected = self.next[tp]  # passed over: look on from there
                 absent.setdefault(tp, []).append((missing, expected))
@@ -167,11 +181,14 @@ class OffsetGuard:
                     absent[tp] = [(expected, self.next[tp])]
         return Admission(seeks=seeks, absent=absent)
 
-    def _reseek(self, tp: Hashable) -> bool:
-        """Whether one more seek back to the same offset may go uncounted (records that continue past the highest
-        offset seen); after MAX_RESEEKS such seeks they count as tries, so nothing seeks forever."""
+    def _reseek(self, tp: Hashable, missing: int) -> None:
+        """One more seek back to the same offset for records that continue past the highest offset seen: never
+        counted as a try (the re-read has not come, so nothing shows the offset absent), but logged every
+        RESEEK_WARN_EVERY times, since a partition whose re-read never comes serves nothing."""
         self.reseeks[tp] = self.reseeks.get(tp, 0) + 1
-        return self.reseeks[tp] <= MAX_RESEEKS
+        if self.reseeks[tp] % RESEEK_WARN_EVERY == 0:
+            log.warning("%d seeks back to offset %d of %s have not brought it back; records keep arriving past it",
+                        self.reseeks[tp], missing, tp)
 
     def _seek_back(self, tp: Hashable, missing: int, passed_to: int) -> bool:
         """Whether to seek tp back to `missing`; after MAX_SEEKS tries it is passed over up to passed_to (next =
@@ -182,7 +199,7 @@ class OffsetGuard:
             tried = 0
             self.reseeks.pop(tp, None)
         if tried >= MAX_SEEKS:
-            passed_to = min([passed_to] + [o for o in self.handed.get(tp, ()) if o >= missing])
+            passed_to = min([passed_to] + [max(first, missing) for first, end in self.handed.get(tp, ()) if end > missing])
             if passed_to <= missing:
                 log.warning("offset %d of %s is still missing after %d seeks back; the records after it were handed "
                             "to the agent and left to the re-read, so it is sought back again", missing, tp, tried)
@@ -201,6 +218,21 @@ class OffsetGuard:
         """The agent's next offset of tp is now `offset`: the cut offsets below it were served (or passed over)."""
         self.next[tp] = offset
         if tp in self.handed:
-            self.handed[tp] = [o for o in self.handed[tp] if o >= offset]
+            self.handed[tp] = [(max(first, offset), end) for first, end in self.handed[tp] if end > offset]
             if not self.handed[tp]:
                 del self.handed[tp]
+
+    def truncated(self, tp: Hashable, log_start: int) -> list[tuple[int, int]]:
+        """Retention deleted tp's offsets below log_start while the agent waited for one of them (a seek below the
+        log start is reset there by the consumer, so the re-read would never bring it): the offsets from the
+        expected one to log_start are passed over, returned as [(first, log_start)], and the agent seeks back
+        to log_start instead. [] if the expected offset is not below log_start."""
+        missing = self.next.get(tp)
+        if missing is None or missing >= log_start:
+            return []
+        log.warning("offsets %d-%d of %s were deleted by retention before the agent read them: passed over",
+                    missing, log_start - 1, tp)
+        self.seeks[tp] = (log_start, 1)
+        self.reseeks.pop(tp, None)
+        self._advance(tp, log_start)
+        return [(missing, log_start)]

@@ -225,7 +225,8 @@ def test_a_hole_is_sought_back_and_the_events_after_it_are_served_in_order_after
     """Faust skipped offset 2 (stream_app.stream.offsets): the events after it wait for the re-read instead of
     being served before it (that applied one user's events out of order: a SIGKILL test in CI found it); records
     fetched before the seek, and the same offset twice in one batch, are served once, in offset order. If the
-    seek fails, the batch is served as it is: nothing is lost."""
+    seek fails, the events past the hole are still left to a re-read (serving them let Faust commit past the
+    hole: a review found it); the next batch seeks again."""
     from stream_app.stream.offsets import OffsetGuard
 
     monkeypatch.setattr(agent, "offset_guard", OffsetGuard())
@@ -235,17 +236,19 @@ def test_a_hole_is_sought_back_and_the_events_after_it_are_served_in_order_after
     async def start_offsets(tps):
         return {tp: 0 for tp in tps}
 
-    async def seek_back(tp, offset, why):
+    async def reread(tp, offset, why):
         sought.append(offset)
         return seek_works[0]
 
     monkeypatch.setattr(agent, "start_offsets", start_offsets)
-    monkeypatch.setattr(agent, "seek_back", seek_back)
+    monkeypatch.setattr(agent, "reread", reread)
     batches = [[event(0, b"a"), event(1, b"b")],
                [event(3, b"d"), event(4, b"e")],  # 2 skipped
                [event(5, b"f")],  # fetched before the seek took effect
                [event(6, b"g"), event(2, b"c"), event(3, b"d"), event(4, b"e"), event(5, b"f"), event(6, b"g")],
-               [event(8, b"i")]]  # 7 skipped, and this time the seek fails
+               [event(8, b"i")],  # 7 skipped, and this time the seek fails
+               [event(9, b"j")],  # the next batch seeks again, and this time it works
+               [event(7, b"h"), event(8, b"i"), event(9, b"j")]]
     served: list[int] = []
 
     async def process(rows):
@@ -255,8 +258,11 @@ def test_a_hole_is_sought_back_and_the_events_after_it_are_served_in_order_after
     asyncio.run(agent.run_batches(FakeStream(batches[:4]), parse, process, FakeTopic()))
     assert sought == [2, 2] and served == [0, 1, 2, 3, 4, 5, 6]
     seek_works[0] = False
-    asyncio.run(agent.run_batches(FakeStream(batches[4:]), parse, process, FakeTopic()))
-    assert sought == [2, 2, 7] and served == [0, 1, 2, 3, 4, 5, 6, 8]
+    asyncio.run(agent.run_batches(FakeStream(batches[4:5]), parse, process, FakeTopic()))
+    assert sought == [2, 2, 7] and served == [0, 1, 2, 3, 4, 5, 6]
+    seek_works[0] = True
+    asyncio.run(agent.run_batches(FakeStream(batches[5:]), parse, process, FakeTopic()))
+    assert sought == [2, 2, 7, 7] and served == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert all(e.message.acked for b in batches for e in b)
 
 
@@ -272,14 +278,16 @@ def test_events_left_to_the_re_read_never_count_toward_faust_s_commits(monkeypat
     from stream_app.stream.offsets import OffsetGuard
 
     consumer = agent.app.consumer
-    a, b = TP("behaviour", 0), TP("behaviour", 1)
+    a, b, c = TP("behaviour", 0), TP("behaviour", 1), TP("behaviour", 2)
     sought: list[tuple[int, int]] = []
 
     async def seek_wait(partitions):
         sought.extend((tp.partition, offset) for tp, offset in partitions.items())
+        if c in partitions:
+            raise asyncio.TimeoutError  # done or not: the wait timed out
 
     async def start_offsets(tps):
-        return {tp: {a: 147, b: 0}[tp] for tp in tps}
+        return {tp: {a: 147, b: 0, c: 151}[tp] for tp in tps}
 
     monkeypatch.setattr(agent, "offset_guard", OffsetGuard())
     monkeypatch.setattr(agent, "start_offsets", start_offsets)
@@ -288,6 +296,7 @@ def test_events_left_to_the_re_read_never_count_toward_faust_s_commits(monkeypat
     monkeypatch.setattr(agent.app.topics, "acks_enabled_for", lambda topic: True)
     monkeypatch.setitem(consumer._committed_offset, a, 147)
     monkeypatch.setitem(consumer._committed_offset, b, None)
+    monkeypatch.setitem(consumer._committed_offset, c, 151)
 
     class FaustStream(FakeStream):
         """take_events acking as Faust's does: the stream's reference dropped, the consumer told on the last."""
@@ -329,10 +338,44 @@ def test_events_left_to_the_re_read_never_count_toward_faust_s_commits(monkeypat
         assert sought == [(0, 151), (1, 0)]
         assert run(events(a, range(151, 161)) + events(b, range(0, 10))) == (161, 10)  # the re-read
         assert served == [(0, o) for o in range(147, 161)] + [(1, o) for o in range(10)]
+        asyncio.run(consumer._add_gap(c, 151, 152))
+        run(events(c, range(152, 161)))  # its seek fails: still left to a re-read, not committed past
+        assert sought[-1] == (2, 151) and consumer._new_offset(c) is None and (2, 152) not in served
         agent.pass_over({a: [(161, 163)]})  # offsets taken as absent (OffsetGuard, after MAX_SEEKS)
         consumer._committed_offset[a] = 161
         events(a, [163])[0].message.ack(consumer)
         assert consumer._new_offset(a) == 164  # committed past them
     finally:
         for table in (consumer._gap, consumer._acked, consumer._acked_index):
-            table.pop(a, None), table.pop(b, None)
+            for tp in (a, b, c):
+                table.pop(tp, None)
+
+
+def test_a_hole_retention_deleted_is_passed_over_to_the_log_start(monkeypatch):
+    """A seek below the log start would be reset there by the consumer, and the re-read would never bring the hole:
+    reread() asks for the log start first and, past the hole, passes over to it and seeks there."""
+    from faust.types import TP
+
+    from stream_app.stream.offsets import OffsetGuard
+
+    tp = TP("behaviour", 0)
+    guard = OffsetGuard()
+    guard.admit({tp: range(100, 140)}, {tp: 100})
+    assert guard.admit({tp: range(145, 150)}, {}).seeks == {tp: 140}
+    sought, passed = [], []
+
+    async def earliest_offsets(*tps):
+        return {tp: 143}
+
+    async def seek_back(tp_, offset, why):
+        sought.append(offset)
+        return True
+
+    monkeypatch.setattr(agent, "offset_guard", guard)
+    monkeypatch.setattr(agent.app.consumer, "earliest_offsets", earliest_offsets)
+    monkeypatch.setattr(agent, "seek_back", seek_back)
+    monkeypatch.setattr(agent, "pass_over", passed.append)
+    asyncio.run(agent.reread(tp, 140, "skipped"))
+    assert sought == [143] and passed == [{tp: [(140, 143)]}] and guard.next[tp] == 143
+    asyncio.run(agent.reread(tp, 143, "skipped"))  # not below the log start: sought back as it is
+    assert sought == [143, 143] and passed[1:] == []
