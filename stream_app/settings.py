@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     encoder_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 lets onnxruntime decide.")
     encoder_spin: bool = Field(False, description="Let onnxruntime's intra-op threads spin-wait between operators. Off: a worker shares its cores with the event loop, the store process and the broker, and spinning threads stall when a core is taken (2-core AMD EPYC, one core busy: 46 texts/s spinning vs 65 not; 63 vs 69 with both cores free).")
     encoder_batch_size: int = Field(64, ge=1)
-    agent_stuck_s: float = Field(300.0, gt=0, description="An agent still on one batch after this long makes /health answer 503: a step that never finishes, or a broker outage that holds its sends (they are retried until the broker takes them).")
+    agent_stuck_s: float = Field(300.0, gt=0, description="An agent still on one batch after this long makes /health answer 503: a step that never finishes, or a broker outage that holds its sends (they are retried until the broker takes them). So does a partition waiting this long to read a skipped offset again (stream_app/stream/offsets.py).")
     encoder_timeout_s: float = Field(120.0, gt=0, description="Deadline of one call to the encoder thread (a batch is retried after it; a run still going after it makes /health answer 503).")
 
     # --- Interest model (dynamic attention) ---------------------------------------------------

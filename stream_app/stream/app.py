@@ -258,8 +258,9 @@ broker_admin = LazyAdmin(settings)  # the worker's one admin client: committed o
 
 @app.on_partitions_assigned.connect
 async def _partitions_assigned(sender: faust.App, assigned: set[Any], **kwargs: Any) -> None:
-    offset_guard.assigned(assigned)
+    offset_guard.assigned(set(assigned) | offset_guard.partitions())  # revoked ones are forgotten too
     known_starts.clear()
+    note_waiting()
 
 
 @app.on_before_shutdown.connect
@@ -343,12 +344,17 @@ def pass_over(absent: dict[Any, list[tuple[int, int]]]) -> None:
 async def reread(tp: Any, offset: int, why: str) -> None:
     """Seek tp back to offset for the offset guard; if retention has deleted it meanwhile (the log start is past
     it: the consumer would reset such a seek to the log start, and the re-read would never bring it), pass over
-    to the log start and seek there."""
+    to the log start and seek there. Nothing is done if the guard no longer waits for offset (the partition was
+    reassigned, or the agent moved on, while the broker answered)."""
+    if offset_guard.next.get(tp) != offset:
+        return
     try:
         log_start = (await asyncio.wait_for(app.consumer.earliest_offsets(tp), OFFSET_REQUEST_TIMEOUT_S)).get(tp)
     except Exception as exc:  # noqa: BLE001 - the broker did not answer: seek to the offset; the next try asks again
         log.debug("log start of %s unavailable: %s", tp, exc)
         log_start = None
+    if offset_guard.next.get(tp) != offset:
+        return
     if log_start is not None and log_start > offset:
         pass_over({tp: offset_guard.truncated(tp, log_start)})
         offset = log_start
@@ -368,6 +374,22 @@ def leave_to_the_re_read(message: Any) -> None:
     app.sensors.on_message_out(message.tp, message.offset, message)  # as a final ack tells them
 
 
+waiting_calls: dict[Any, int] = {}  # partition -> its Metrics call id while the offset guard waits for a re-read
+
+
+def note_waiting() -> None:
+    """A partition that waits for a re-read (its seek back pending) is noted like a call in flight: waiting longer
+    than STREAM_APP_AGENT_STUCK_S makes /health answer 503 (the guard seeks back for as long as it takes, and
+    serves nothing of that partition meanwhile)."""
+    waiting = offset_guard.waiting()
+    for tp in set(waiting_calls) - set(waiting):
+        pipeline.metrics.call_ended(waiting_calls.pop(tp))
+    for tp, offset in waiting.items():
+        if tp not in waiting_calls:
+            waiting_calls[tp] = pipeline.metrics.call_started(
+                "partition", f"{tp.topic}[{tp.partition}] waits to read offset {offset} again", settings.agent_stuck_s)
+
+
 async def admitted(events: Sequence[EventT]) -> list[EventT]:
     """The events of a batch to serve now (stream_app.stream.offsets): a partition with a hole is sought back to
     it, and its events at or past the hole are left to the re-read; each offset is served once, and each
@@ -382,6 +404,7 @@ async def admitted(events: Sequence[EventT]) -> list[EventT]:
     pass_over(admission.absent)
     for tp, offset in admission.seeks.items():
         await reread(tp, offset, "skipped")
+    note_waiting()
     cut = admission.cut
     kept: dict[Any, dict[int, EventT]] = defaultdict(dict)
     for event in events:
@@ -408,8 +431,10 @@ async def reread_undelivered() -> None:
     drops them and leaves a partition without a committed offset past them).
 
     Only partitions whose agent has been waiting on its stream since the previous check, and whose records past
-    Faust's read offset were never handed to the stream, are looked at: records in the stream's buffer would
-    have been taken, and seeking back under them would make Faust take them for a gap and ack them unserved."""
+    Faust's read offset were never handed to the stream, or whose seek back is pending (records cut from a batch
+    and left to a re-read that has not come: the seek failed), are looked at: records in the stream's buffer
+    would have been taken, and seeking back under them would make Faust take them for a gap and ack them
+    unserved."""
     if app.rebalancing or not app.consumer.flow_active:
         idle_marks.clear()
         return
@@ -426,7 +451,8 @@ async def reread_undelivered() -> None:
             if agent_of.get(tp.topic) in quiet:
                 position = await asyncio.wait_for(app.consumer.position(tp), OFFSET_REQUEST_TIMEOUT_S)
                 handed = app.consumer._read_offset.get(tp)  # the last offset Faust handed to the stream (private)
-                if position is not None and (handed is None or handed < position - 1):
+                # records handed and left to a re-read whose seek failed look delivered: a pending seek counts too
+                if position is not None and (handed is None or handed < position - 1 or tp in offset_guard.seeks):
                     positions[tp] = position
     except Exception as exc:  # noqa: BLE001 - revoked meanwhile or the broker unreachable: the next tick retries
         log.debug("positions unavailable: %s", exc)
@@ -438,6 +464,7 @@ async def reread_undelivered() -> None:
     pass_over(admission.absent)
     for tp, offset in admission.seeks.items():
         await reread(tp, offset, f"fetched (position {positions[tp]}) and never delivered")
+    note_waiting()
 
 
 async def _as_results(process: Callable[[list[Any]], Awaitable[list[tuple[EventT, str]]]],

@@ -97,6 +97,14 @@ class OffsetGuard:
             self.handed.pop(tp, None)
             self.suspect.pop(tp, None)
 
+    def partitions(self) -> set[Hashable]:
+        """Every partition the guard keeps anything of."""
+        return set(self.next) | set(self.high) | set(self.seeks) | set(self.suspect) | set(self.handed)
+
+    def waiting(self) -> dict[Hashable, int]:
+        """Partition -> the offset it waits to read again (a seek back is pending)."""
+        return {tp: missing for tp, (missing, _) in self.seeks.items()}
+
     def without_next(self, partitions: Iterable[Hashable]) -> list[Hashable]:
         """The partitions whose next offset is not known yet (none served since assigned): only their start
         offsets are needed by admit() and idle()."""
@@ -106,7 +114,10 @@ class OffsetGuard:
               ) -> Admission:
         """Before a batch is served: offsets in it per partition; starts: the offset each partition's agent starts
         from once assigned (the group's committed offset, the next to read, or the log start where none is
-        committed or retention removed it; None where unknown), needed only for partitions without_next().
+        committed or retention removed it), needed only for partitions without_next(). Where it is unknown (the
+        broker did not say), the first batch's first offset stands in: a hole before it goes unseen, but later
+        ones are caught (a review found that waiting for a start known later hid holes between batches until then,
+        and took a start committed meanwhile for a hole).
 
         A partition whose offsets start past the expected one, or have a hole, is cut there: its records at or
         past the hole wait, unserved, for the seek back (Admission.seeks), which brings the missing message and
@@ -127,10 +138,8 @@ class OffsetGuard:
             prior_high = self.high.get(tp)
             self.high[tp] = seen[-1] if prior_high is None else max(prior_high, seen[-1])
             expected = self.next.get(tp)
-            known = expected is not None
-            if expected is None:
+            if expected is None:  # the first batch since assigned: from the start, or (unknown) its first offset
                 start = starts.get(tp)
-                known = start is not None  # unknown (the broker did not say): only holes inside the batch count
                 expected = start if start is not None else seen[0]
             ahead = [o for o in seen if o >= expected]
             while True:
@@ -138,8 +147,7 @@ class OffsetGuard:
                 if missing is None:
                     self.seeks.pop(tp, None)
                     self.reseeks.pop(tp, None)
-                    if known:  # else the next batch decides again, once the start is known
-                        self._advance(tp, max(expected, ahead[-1] + 1) if ahead else expected)
+                    self._advance(tp, max(expected, ahead[-1] + 1) if ahead else expected)
                     break
                 resume = next(o for o in ahead if o > missing)
                 continuing = (prior_high is not None and resume > prior_high

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -379,3 +380,31 @@ def test_a_hole_retention_deleted_is_passed_over_to_the_log_start(monkeypatch):
     assert sought == [143] and passed == [{tp: [(140, 143)]}] and guard.next[tp] == 143
     asyncio.run(agent.reread(tp, 143, "skipped"))  # not below the log start: sought back as it is
     assert sought == [143, 143] and passed[1:] == []
+    guard.assigned([tp])  # reassigned while the broker answered: the guard no longer waits for 143
+    asyncio.run(agent.reread(tp, 143, "skipped"))
+    assert sought == [143, 143]
+
+
+def test_a_partition_waiting_for_its_re_read_too_long_makes_health_fail(monkeypatch):
+    """The guard seeks back for as long as a re-read takes and serves nothing of the partition meanwhile (a review
+    asked for it to be visible): waiting longer than STREAM_APP_AGENT_STUCK_S is a /health problem, and the
+    problem ends with the wait."""
+    from faust.types import TP
+
+    from stream_app.stream.metrics import Metrics
+    from stream_app.stream.offsets import OffsetGuard
+
+    tp = TP("behaviour", 3)
+    guard, metrics = OffsetGuard(), Metrics()
+    metrics.ready = True
+    monkeypatch.setattr(agent, "offset_guard", guard)
+    monkeypatch.setattr(agent.pipeline, "metrics", metrics)
+    monkeypatch.setattr(agent, "waiting_calls", {})
+    monkeypatch.setattr(agent, "settings", agent.settings.model_copy(update={"agent_stuck_s": 0.001}))
+    guard.admit({tp: [5, 6]}, {tp: 3})
+    agent.note_waiting()
+    time.sleep(0.01)
+    assert metrics.health()["problems"] == ["partition stuck: behaviour[3] waits to read offset 3 again running for 0s"]
+    guard.admit({tp: range(3, 7)}, {})
+    agent.note_waiting()
+    assert metrics.health()["problems"] == [] and agent.waiting_calls == {}
