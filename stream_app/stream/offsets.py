@@ -207,7 +207,8 @@ class OffsetGuard:
             tried = 0
             self.reseeks.pop(tp, None)
         if tried >= MAX_SEEKS:
-            passed_to = min([passed_to] + [max(first, missing) for first, end in self.handed.get(tp, ()) if end > missing])
+            handed = [max(first, missing) for first, end in self.handed.get(tp, ()) if end > missing]
+            passed_to = min([passed_to, *handed])
             if passed_to <= missing:
                 log.warning("offset %d of %s is still missing after %d seeks back; the records after it were handed "
                             "to the agent and left to the re-read, so it is sought back again", missing, tp, tried)

@@ -2,8 +2,8 @@
 
 Pages (all served by Faust's web server, assets shipped in stream_app/stream/static, nothing from a CDN):
   /                  status: 200 when the worker serves, 503 with the problems otherwise; links to the pages
-  /health            the same as JSON (agents crash-looping or stuck, store stuck, a partition waiting too long to re-read a
-                     skipped offset, encoder not loaded -> 503)
+  /health            the same as JSON (agents crash-looping or stuck, store stuck, a partition waiting too long to
+                     re-read a skipped offset, encoder not loaded -> 503)
   /dashboard[/]      live charts and tables (polls /api/dashboard every 2 s)
   /api/dashboard     everything the dashboard shows, as JSON
   /metrics           Prometheus text format: the service's own metrics and Faust's (PrometheusMonitor)
