@@ -10,19 +10,25 @@ from stream_app.settings import Settings
 
 
 class LazyAdmin:
-    """One aiokafka admin client per worker, started on first use (again after a failed start), closed by close()."""
+    """One aiokafka admin client per worker, started on first use (again after a failed start), closed by close();
+    after close(), get() refuses (a start still under way when close() came is closed, not kept)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.client: Any = None
+        self.closed = False
 
     async def get(self, timeout_s: float | None = None) -> Any:
+        if self.closed:
+            raise RuntimeError("the admin client is closed (the worker is stopping)")
         if self.client is None:
             from aiokafka.admin import AIOKafkaAdminClient
 
             client = AIOKafkaAdminClient(**client_kwargs(self.settings))
             try:
                 await asyncio.wait_for(client.start(), timeout_s)
+                if self.closed:
+                    raise RuntimeError("the admin client was closed while it started (the worker is stopping)")
             except BaseException:
                 await client.close()
                 raise
@@ -30,6 +36,7 @@ class LazyAdmin:
         return self.client
 
     async def close(self) -> None:
+        self.closed = True
         if self.client is not None:
             client, self.client = self.client, None
             await client.close()

@@ -408,3 +408,78 @@ def test_a_partition_waiting_for_its_re_read_too_long_makes_health_fail(monkeypa
     guard.admit({tp: range(3, 7)}, {})
     agent.note_waiting()
     assert metrics.health()["problems"] == [] and agent.waiting_calls == {}
+
+
+def test_start_offsets_are_asked_for_at_the_assignment_and_a_batch_waits_for_that_answer(monkeypatch):
+    """The input partitions' start offsets are asked for when they are assigned (the first batch waited ~1.5 s for
+    them otherwise); a batch's lookup waits for that answer instead of asking again, and an assignment that comes
+    while an earlier answer is on its way cancels it (a review found them waiting on each other)."""
+    from faust.types import TP
+
+    from stream_app.stream.offsets import OffsetGuard
+
+    tp, changelog = TP(agent.settings.behaviour_topic, 0), TP("some-table-changelog", 0)
+    asked: list[list] = []
+
+    class Admin:
+        async def get(self, timeout_s=None):
+            return object()
+
+    async def group_offsets(admin, group):
+        asked.append(group)
+        await asyncio.sleep(0.05)
+        return {(tp.topic, 0): 100 + len(asked)}
+
+    async def earliest_offsets(*tps):
+        assert changelog not in tps  # only the input topics' partitions
+        return {t: 0 for t in tps}
+
+    monkeypatch.setattr(agent, "offset_guard", OffsetGuard())
+    monkeypatch.setattr(agent, "broker_admin", Admin())
+    monkeypatch.setattr(agent, "group_offsets", group_offsets)
+    monkeypatch.setattr(agent.app.consumer, "earliest_offsets", earliest_offsets)
+    monkeypatch.setattr(agent, "known_starts", {})
+    monkeypatch.setattr(agent, "prefetch", None)
+
+    async def scenario():
+        await agent._partitions_assigned(agent.app, {tp, changelog})
+        await asyncio.sleep(0)  # the first answer is on its way ...
+        await agent._partitions_assigned(agent.app, {tp, changelog})  # ... when the partitions are assigned again
+        return await agent.start_offsets([tp])
+
+    assert asyncio.run(scenario()) == {tp: 102} and len(asked) == 2  # the second answer; not asked a third time
+
+
+def test_the_admin_client_is_not_kept_once_closed(monkeypatch):
+    """A start still under way when the worker closes the admin client (a background lookup at shutdown) closes
+    the new client instead of keeping it; after close() get() refuses."""
+    import aiokafka.admin
+
+    from stream_app.adapters.kafka_admin import LazyAdmin
+
+    closed: list[bool] = []
+
+    class Client:
+        def __init__(self, **kwargs):
+            pass
+
+        async def start(self):
+            await asyncio.sleep(0.02)
+
+        async def close(self):
+            closed.append(True)
+
+    monkeypatch.setattr(aiokafka.admin, "AIOKafkaAdminClient", Client)
+    admin = LazyAdmin(agent.settings)
+
+    async def scenario():
+        starting = asyncio.ensure_future(admin.get())
+        await asyncio.sleep(0)
+        await admin.close()
+        with pytest.raises(RuntimeError):
+            await starting
+        with pytest.raises(RuntimeError):
+            await admin.get()
+
+    asyncio.run(scenario())
+    assert closed == [True] and admin.client is None
