@@ -323,11 +323,11 @@ async def ask_start_offsets(tps: list[Any]) -> None:
                 known_starts[tp] = max(committed.get((tp.topic, tp.partition), 0), log_starts[tp])
 
 
-async def seek_back(tp: Any, offset: int, why: str) -> bool:
+async def seek_back(tp: Any, offset: int, why: str) -> None:
     """Seek tp back to offset, on the consumer's own thread (Faust's seek_wait; it also resets Faust's read
     offset, so the re-read records are delivered). First the consumer's commits are held below offset until the
     message there is acked (commit_gaps), also if the seek then fails: it may have been done before its wait
-    timed out. Returns whether the seek was done."""
+    timed out (the cut events wait for a re-read either way; the next batch or the idle check seeks again)."""
     log.warning("offsets of %s[%d] %s from %d: seeking back to re-read them", tp.topic, tp.partition, why, offset)
     if (gaps := commit_gaps(tp)) is not None:
         gaps.chop(offset, 2**63)
@@ -336,9 +336,8 @@ async def seek_back(tp: Any, offset: int, why: str) -> bool:
     except Exception as exc:  # noqa: BLE001 - e.g. the partition was revoked meanwhile: its new owner starts
         # from the committed offset
         log.warning("seek of %s[%d] back to %d failed: %s", tp.topic, tp.partition, offset, exc)
-        return False
+        return
     pipeline.metrics.count("seeks_back")
-    return True
 
 
 def commit_gaps(tp: Any) -> Any:
