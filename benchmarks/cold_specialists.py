@@ -31,19 +31,20 @@ from dataclasses import replace
 
 import numpy as np
 
+from benchmarks.cold_signals import widen_pool
 from stream_app.core import collab
 from stream_app.core.collab import CollabParams
 from stream_app.core.interest import InterestParams
 from stream_app.core.ranking import RankParams
+from stream_app.offline.baselines import ItemKNN
 from stream_app.offline.datasets import Interactions, load_dataset
-from stream_app.offline.protocol import (COLD_THRESHOLD, Query, cold_event_queries, leave_one_out, queries_for,
-                                        rank_metrics)
-from stream_app.offline.replay import item_embeddings
+from stream_app.offline.protocol import (COLD_THRESHOLD, Query, cold_event_queries, event_types, leave_one_out,
+                                        queries_for, rank_metrics)
+from stream_app.offline.replay import Replay, item_embeddings, replay
 from stream_app.offline.tuning import MODES, Recorded, blend_scores, pool_scaled, record, record_cold_events
 from stream_app.settings import Settings
 
-ITEMKNN_COLD_EVENTS_HR10 = 0.0275  # item-knn (last 3) on the cold-item events: benchmarks/cold_prequential.py
-SIGNAL_POOL = 50
+SIGNAL_POOL = 50  # the specialist's best cold-weighted items added to the pool
 
 
 def replayed(data: Interactions, queries: list[Query], applied: np.ndarray, observe, answer) -> np.ndarray:
@@ -104,9 +105,7 @@ def taker_similarity(data: Interactions, queries: list[Query], applied: np.ndarr
 def blended(rec: Recorded, signal: np.ndarray, rp: RankParams, weight: float) -> np.ndarray:
     """The default blend + weight · cold(j) · signal / its max over the pool, its best cold-weighted items added."""
     cold = np.exp(-rec.support / rp.cold_support)
-    weighted = np.where(rec.excluded, -np.inf, np.where(signal > 0, signal * cold, -np.inf))
-    kth = -np.sort(-weighted, axis=1)[:, SIGNAL_POOL - 1 : SIGNAL_POOL]
-    widened = replace(rec, pool=rec.pool | (np.isfinite(weighted) & (weighted >= kth)))
+    widened = replace(rec, pool=widen_pool(rec, np.where(signal > 0, signal * cold, -np.inf), SIGNAL_POOL))
     return blend_scores(widened, rp) + weight * cold * pool_scaled(widened, np.where(rec.excluded, 0.0, signal))
 
 
@@ -138,6 +137,10 @@ def main() -> None:
     inputs = {mode: queries_for(data, leave_one_out(data), "valid", mode) for mode in MODES}
     inputs["events"] = (cold_queries, np.ones(len(data.items), bool))
     recs = {**valid, "events": events}
+    itemknn = ItemKNN(data.n_items, data.n_users)
+    knn = replay(Replay(data, emb, event_types(data)), [itemknn], cold_queries, inputs["events"][1],
+                 desc="item-knn", progress=False)
+    knn_hr10 = float(np.mean(knn.metrics[itemknn.name]["hr@10"]))
 
     def hr10(rec: Recorded, score: np.ndarray) -> np.ndarray:
         return rank_metrics(score, rec.targets, rec.excluded)["hr@10"]
@@ -147,14 +150,14 @@ def main() -> None:
         cold = " / ".join(f"{per_query[mode][valid[mode].cold].sum():.0f}" for mode in MODES)
         e = per_query["events"].mean()
         print(f"| {label} | {'' if ndcg is None else f'{ndcg:.4f}'} | {hits} | {cold} | {e:.4f} | "
-              f"{e / ITEMKNN_COLD_EVENTS_HR10:.2f} |", flush=True)
+              f"{e / knn_hr10:.2f} |", flush=True)
 
     def ndcg10(scores: dict[str, np.ndarray]) -> float:
         return float(np.mean([rank_metrics(scores[m], valid[m].targets, valid[m].excluded)["ndcg@10"].mean()
                               for m in MODES]))
 
     print(f"**cold-item specialists** (validation targets of both modes; the {len(events.targets)} cold-item events; "
-          f"item-knn on them: {ITEMKNN_COLD_EVENTS_HR10})\n\n| model | validation NDCG@10 | std / stream hits | "
+          f"{itemknn.name} on them: {knn_hr10:.4f})\n\n| model | validation NDCG@10 | std / stream hits | "
           "std / stream cold hits | cold-event HR@10 | ÷ item-knn |\n|---|---:|---:|---:|---:|---:|")
     default = {key: blend_scores(rec, rp) for key, rec in recs.items()}
     row("default blend", {key: hr10(recs[key], s) for key, s in default.items()}, ndcg10(default))
