@@ -174,20 +174,28 @@ def release_fresh(data: Interactions, mode: str, lag: int) -> np.ndarray:
     return years[None, :] >= (now - lag)[:, None]
 
 
-def replay_probe(data: Interactions, mode: str, observe: Callable[[int, int], None],
-                 answer: Callable[[Query], np.ndarray]) -> np.ndarray:
-    """(validation queries, items) scores of a probe replayed in the mode's order: observe(user, item) for each
-    applied event, answer(query) right before its position."""
-    queries, applied = queries_for(data, leave_one_out(data), "valid", mode)
-    out = np.zeros((len(queries), data.n_items))
+def replay_queries(data: Interactions, queries: list[Query], applied: np.ndarray,
+                   observe: Callable[[int, int, int], None], answer: Callable[[Query], np.ndarray],
+                   dtype: type = np.float64) -> np.ndarray:
+    """(queries, items) scores of a probe replayed in global order: observe(user, item, position) for each applied
+    event, answer(query) right before its position (queries sorted by position)."""
+    out = np.zeros((len(queries), data.n_items), dtype)
     q = 0
     for pos in range(len(data.items) + 1):
         while q < len(queries) and queries[q].pos == pos:
             out[q] = answer(queries[q])
             q += 1
         if pos < len(data.items) and applied[pos]:
-            observe(int(data.users[pos]), int(data.items[pos]))
+            observe(int(data.users[pos]), int(data.items[pos]), pos)
     return out
+
+
+def replay_probe(data: Interactions, mode: str, observe: Callable[[int, int], None],
+                 answer: Callable[[Query], np.ndarray]) -> np.ndarray:
+    """(validation queries, items) scores of a probe replayed in the mode's order: observe(user, item) for each
+    applied event, answer(query) right before its position."""
+    queries, applied = queries_for(data, leave_one_out(data), "valid", mode)
+    return replay_queries(data, queries, applied, lambda user, item, _pos: observe(user, item), answer)
 
 
 def item2vec(data: Interactions, mode: str, dim: int, lr: float, window: int, negatives: int = 5,

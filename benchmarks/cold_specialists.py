@@ -31,7 +31,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from benchmarks.cold_signals import widen_pool
+from benchmarks.cold_signals import replay_queries, widen_pool
 from stream_app.core import collab
 from stream_app.core.collab import CollabParams
 from stream_app.core.interest import InterestParams
@@ -45,20 +45,6 @@ from stream_app.offline.tuning import MODES, Recorded, blend_scores, pool_scaled
 from stream_app.settings import Settings
 
 SIGNAL_POOL = 50  # the specialist's best cold-weighted items added to the pool
-
-
-def replayed(data: Interactions, queries: list[Query], applied: np.ndarray, observe, answer) -> np.ndarray:
-    """(queries, items) float32 scores: observe(user, item, position) for each applied event in global order,
-    answer(user) right before each query's position."""
-    out = np.zeros((len(queries), data.n_items), np.float32)
-    q = 0
-    for pos in range(len(data.items) + 1):
-        while q < len(queries) and queries[q].pos == pos:
-            out[q] = answer(queries[q].user)
-            q += 1
-        if pos < len(data.items) and applied[pos]:
-            observe(int(data.users[pos]), int(data.items[pos]), pos)
-    return out
 
 
 def long_history_cooc(data: Interactions, queries: list[Query], applied: np.ndarray, cp: CollabParams,
@@ -75,31 +61,36 @@ def long_history_cooc(data: Interactions, queries: list[Query], applied: np.ndar
         collab.observe(state, item_id, history[user], float(data.timestamps[pos]), cp)
         history[user].append(item_id)
 
-    def answer(user: int) -> np.ndarray:
+    def answer(query: Query) -> np.ndarray:
         row = np.zeros(data.n_items, np.float32)
-        scores = collab.cooc_scores(state, history[user], long)
+        scores = collab.cooc_scores(state, history[query.user], long)
         if scores:
             row[[index[k] for k in scores]] = list(scores.values())
         return row
 
-    return replayed(data, queries, applied, observe, answer)
+    return replay_queries(data, queries, applied, observe, answer, np.float32)
 
 
 def taker_similarity(data: Interactions, queries: list[Query], applied: np.ndarray, power: float = 2.0,
                      damping: float = 0.5) -> np.ndarray:
     """sum over the item's takers v of cos(P_u, P_v)^power, divided by n(j)^damping (dense user x item sets)."""
     taken = np.zeros((data.n_users, data.n_items), np.float32)
+    sizes = np.zeros(data.n_users, np.float32)  # items per user (row sums of taken)
+    takers = np.zeros(data.n_items, np.float32)  # users per item (column sums)
 
     def observe(user: int, item: int, pos: int) -> None:
-        taken[user, item] = 1.0
+        if not taken[user, item]:
+            taken[user, item] = 1.0
+            sizes[user] += 1.0
+            takers[item] += 1.0
 
-    def answer(user: int) -> np.ndarray:
-        sizes = taken.sum(axis=1)
+    def answer(query: Query) -> np.ndarray:
+        user = query.user
         cosine = (taken @ taken[user]) / np.sqrt(np.maximum(sizes, 1.0) * max(sizes[user], 1.0))
         cosine[user] = 0.0
-        return (cosine ** power @ taken) / np.maximum(taken.sum(axis=0), 1.0) ** damping
+        return (cosine ** power @ taken) / np.maximum(takers, 1.0) ** damping
 
-    return replayed(data, queries, applied, observe, answer)
+    return replay_queries(data, queries, applied, observe, answer, np.float32)
 
 
 def blended(rec: Recorded, signal: np.ndarray, rp: RankParams, weight: float) -> np.ndarray:
